@@ -1,0 +1,164 @@
+"""Command line: ``train``, ``evaluate`` and ``book`` (the main job).
+
+::
+
+    python -m diffseg_core train    --method unet --dataset monuseg|cxr|hippocampus|qata|synthetic \\
+                                    --data DIR --preset smoke|cpu|gpu|paper|auto --out RUN_DIR [--seed N] [--resume]
+    python -m diffseg_core evaluate --run RUN_DIR --data DIR [--split test|val|train|all] --json OUT.json
+    python -m diffseg_core book     [--preset auto] [--data DIR] [--out _build]
+
+``--data`` may also come from ``$DIFFSEG_DATA`` and ``--preset`` from ``$DIFFSEG_PRESET``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+# CLI flag -> field of the method's model dataclass (only flags the user actually passes are applied)
+_MODEL_FLAGS = {
+    "timesteps": "timesteps", "ensemble": "ensemble", "attn_scale": "attn_scale", "attn_norm": "attn_norm",
+    "no_latent": ("use_latent", False), "no_attention": ("use_attention", False),
+    "train_images": "train_images", "text_encoder": "text_encoder", "backbone": "backbone",
+    "no_text": ("use_text", False), "text_no_xattn": ("use_xattn", False), "shuffle_text": ("shuffle_text", True),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m diffseg_core", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a method and write a run folder")
+    t.add_argument("--method", required=True, choices=["unet", "cdal", "textdiff"])
+    t.add_argument("--dataset", required=True, choices=["monuseg", "cxr", "hippocampus", "qata", "synthetic"])
+    t.add_argument("--data", default=os.environ.get("DIFFSEG_DATA", ""),
+                   help="dataset folder (or a root holding it); not needed for --dataset synthetic")
+    t.add_argument("--preset", default=os.environ.get("DIFFSEG_PRESET", "auto"),
+                   choices=["smoke", "cpu", "gpu", "paper", "auto"])
+    t.add_argument("--out", required=True, help="run folder (created)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    t.add_argument("--steps", type=int, help="override the preset's number of training steps")
+    t.add_argument("--minutes", type=float, help="wall-clock training budget in minutes (overrides the preset)")
+    t.add_argument("--no-progress", action="store_true")
+    g = t.add_argument_group("cDAL options")
+    g.add_argument("--timesteps", type=int, choices=[1, 2, 3, 4, 5, 6, 8])
+    g.add_argument("--ensemble", type=int)
+    g.add_argument("--attn-scale", type=int, choices=[4, 8, 16], help="D stage = 1/4, 1/8 or 1/16 of the input")
+    g.add_argument("--attn-norm", choices=["raw", "minmax"])
+    g.add_argument("--no-latent", action="store_true", help="ablation: z = 0")
+    g.add_argument("--no-attention", action="store_true", help="ablation: A_D = 1")
+    g = t.add_argument_group("TextDiff options")
+    g.add_argument("--train-images", type=int)
+    g.add_argument("--text-encoder", choices=["clinical", "minilm"])
+    g.add_argument("--backbone", help="path of a diffusion U-Net checkpoint to use instead of pretraining one")
+    g.add_argument("--no-text", action="store_true", help="ablation zeta_1: no text, no cross-attention")
+    g.add_argument("--text-no-xattn", action="store_true", help="ablation zeta_2: pooled text concatenated per pixel")
+    g.add_argument("--shuffle-text", action="store_true", help="sentences permuted across images")
+
+    e = sub.add_parser("evaluate", help="score a trained run on a dataset folder")
+    e.add_argument("--run", required=True)
+    e.add_argument("--data", default=os.environ.get("DIFFSEG_DATA", ""))
+    e.add_argument("--split", default="test", choices=["test", "val", "train", "all"])
+    e.add_argument("--json", required=True, help="where to write the metrics")
+    e.add_argument("--checkpoint", default="best", choices=["best", "last"])
+
+    b = sub.add_parser("book", help="the main job: run every notebook with papermill, then build the book")
+    b.add_argument("--preset", default=os.environ.get("DIFFSEG_PRESET", "auto"))
+    b.add_argument("--data", default=os.environ.get("DIFFSEG_DATA", ""))
+    b.add_argument("--out", default="_build")
+    b.add_argument("--only", nargs="*", help="run only these notebooks (name prefixes), then build")
+    b.add_argument("--no-build", action="store_true", help="execute notebooks only")
+    b.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    return p
+
+
+def _model_overrides(args: argparse.Namespace) -> dict:
+    out = {}
+    for flag, target in _MODEL_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value in (None, False):
+            continue
+        if isinstance(target, tuple):
+            out[target[0]] = target[1]
+        else:
+            out[target] = value
+    return out
+
+
+def _load_data(name: str, data: str, cfg, seed: int):
+    from .data import find_dataset_root, load_dataset
+
+    if name == "synthetic":
+        return load_dataset("synthetic", None, cfg, seed=seed)
+    if not data:
+        raise SystemExit(f"error: --data is required for --dataset {name} (or set DIFFSEG_DATA)")
+    root = find_dataset_root(name, data)
+    if root is None:
+        raise SystemExit(f"error: no {name} dataset found at {data!r}; see data/README.md for the expected layouts")
+    return load_dataset(name, root, cfg, seed=seed)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import get_config, override
+    from .train import run_training
+
+    cfg = get_config(args.method, args.dataset, args.preset, seed=args.seed, **_model_overrides(args))
+    if args.steps is not None:
+        cfg = override(cfg, **{"train.steps": args.steps})
+    if args.minutes is not None:
+        cfg = override(cfg, **{"train.max_minutes": args.minutes})
+    dataset = _load_data(args.dataset, args.data, cfg.data, cfg.seed)
+    run_training(cfg, dataset, run_dir=args.out, resume=args.resume, progress=not args.no_progress)
+    print(f"run written to {args.out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint, write_json
+    from .config import RunConfig
+    from .device import describe_device
+    from .evaluate import describe_protocol, evaluate_cases
+    from .train import load_run
+
+    run_dir = Path(args.run)
+    cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text())) if (run_dir / "config.json").is_file() \
+        else RunConfig.from_dict(load_checkpoint(run_dir / f"{args.checkpoint}.pt")["config"])
+    dataset = _load_data(cfg.dataset, args.data, cfg.data, cfg.seed)
+    cases = dataset.split(args.split)
+    if not cases:
+        raise SystemExit(f"error: split {args.split!r} of {dataset.root} is empty; use --split all for a folder without a split column")
+    method, cfg, run_info = load_run(run_dir, dataset, which=args.checkpoint)
+    volumes = "volume" in cases[0].meta
+    chosen = (f"{args.checkpoint}.pt (best validation Dice at step {run_info.get('best_step')})" if args.checkpoint == "best"
+              else "last.pt (final weights)")
+    scores = evaluate_cases(method, cases, progress=True)
+    scores["protocol"] = describe_protocol(cfg, args.split, scores["n_images"], chosen, volumes)
+    result = {"method": cfg.method, "dataset": cfg.dataset, "preset": cfg.preset, "split": args.split,
+              "data": str(dataset.root) if dataset.root else "synthetic", "data_source": dataset.source,
+              **scores, "device": describe_device(method.device), "run": str(run_dir),
+              "train_seconds": run_info.get("train_seconds"), "steps_done": run_info.get("steps_done")}
+    write_json(result, args.json)
+    print(f"{cfg.method} on {dataset.name}/{args.split}: Dice {scores['dice_mean']:.4f} (per-image mean), "
+          f"{scores['dice_global']:.4f} (global); IoU {scores['iou_mean']:.4f} / {scores['iou_global']:.4f}; "
+          f"{scores['n_images']} {'volumes' if volumes else 'images'} -> {args.json}")
+    return 0
+
+
+def cmd_book(args: argparse.Namespace) -> int:
+    from .pipeline import run_main_job
+
+    return run_main_job(preset=args.preset, data_root=args.data, out=args.out, only=args.only,
+                        build=not args.no_build, timeout=args.timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"train": cmd_train, "evaluate": cmd_evaluate, "book": cmd_book}[args.command](args)
+    except (FileNotFoundError, ValueError) as exc:  # DataError is a ValueError
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

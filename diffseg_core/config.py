@@ -1,0 +1,215 @@
+"""One configuration system for every method, dataset and preset.
+
+A run is described by a :class:`RunConfig` (data, training loop, method-specific model options). It is
+built by :func:`get_config` from three names:
+
+* ``preset``: ``smoke`` (seconds, for tests), ``cpu`` (minutes on 2 CPU cores), ``gpu`` (one GPU, under
+  an hour per notebook), ``paper`` (the papers' hyper-parameters) or ``auto`` (``gpu`` when an accelerator
+  is present, else ``cpu``);
+* ``dataset``: ``monuseg``, ``cxr``, ``hippocampus``, ``qata`` or ``synthetic`` (the offline default);
+* ``method``: ``unet``, ``cdal`` or ``textdiff``.
+
+The same config is printed at the top of every run and saved in every checkpoint, so a result can
+always be traced back to the exact settings that produced it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from typing import Any
+
+from .device import accelerator_available
+
+PRESETS: tuple[str, ...] = ("smoke", "cpu", "gpu", "paper")
+DATASETS: tuple[str, ...] = ("monuseg", "cxr", "hippocampus", "qata", "synthetic")
+METHODS: tuple[str, ...] = ("unet", "cdal", "textdiff")
+
+
+def resolve_preset(preset: str | None = None) -> str:
+    """Map ``auto``/``None`` (or ``$DIFFSEG_PRESET``) to a concrete preset name.
+
+    >>> resolve_preset("smoke")
+    'smoke'
+    """
+    if preset in (None, ""):
+        preset = os.environ.get("DIFFSEG_PRESET", "auto") or "auto"
+    if preset == "auto":
+        return "gpu" if accelerator_available() else "cpu"
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)} or 'auto'")
+    return preset
+
+
+@dataclass
+class DataConfig:
+    """How images are read, resized, cropped and batched.
+
+    Images are resized to ``working_size`` x ``working_size`` (``None`` keeps the native size, e.g. the
+    hippocampus slices) and metrics are computed at that working resolution. Training uses random
+    ``crop`` x ``crop`` patches; inference tiles images larger than ``crop`` with a sliding window
+    (``overlap`` between windows).
+    """
+
+    working_size: int | None = 256
+    crop: int = 64
+    batch_size: int = 8
+    augment: bool = True
+    overlap: float = 0.25
+    max_train_cases: int | None = None
+    max_eval_cases: int | None = None
+    synthetic_cases: int = 24
+    synthetic_size: int = 256
+    hippocampus_max_volumes: int | None = None
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """The single training loop's settings (see :mod:`diffseg_core.train`)."""
+
+    steps: int = 1000
+    val_every: int = 100
+    log_every: int = 10
+    max_minutes: float | None = None
+    lr: float = 1e-3
+    grad_clip: float | None = None
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run. ``model`` holds the method's own dataclass as a dict."""
+
+    method: str
+    dataset: str
+    preset: str
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        d = dict(d)
+        d["data"] = DataConfig(**_known(DataConfig, d.get("data", {})))
+        d["train"] = TrainConfig(**_known(TrainConfig, d.get("train", {})))
+        return cls(**_known(cls, d))
+
+    def summary(self) -> str:
+        """A short multi-line description printed at the top of every run."""
+        lines = [f"method={self.method} dataset={self.dataset} preset={self.preset} seed={self.seed}"]
+        lines.append("data:  " + ", ".join(f"{k}={v}" for k, v in asdict(self.data).items()))
+        lines.append("train: " + ", ".join(f"{k}={v}" for k, v in asdict(self.train).items()))
+        if self.model:
+            lines.append("model: " + ", ".join(f"{k}={v}" for k, v in self.model.items()))
+        return "\n".join(lines)
+
+
+def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
+# --------------------------------------------------------------------------------------------
+# Data presets per dataset. Choices follow method.md §1.7 (paper) and §6 (small CPU scale):
+# MoNuSeg keeps the 512 working scale so nuclei stay 10-15 px wide, and trains on crops.
+# --------------------------------------------------------------------------------------------
+_DATA: dict[str, dict[str, dict[str, Any]]] = {
+    "monuseg": {
+        "smoke": dict(working_size=128, crop=32, batch_size=4, max_train_cases=2, max_eval_cases=1, overlap=0.0),
+        "cpu": dict(working_size=512, crop=64, batch_size=8, overlap=0.0),
+        "gpu": dict(working_size=512, crop=256, batch_size=8, overlap=0.0),
+        "paper": dict(working_size=512, crop=256, batch_size=4, overlap=0.0),
+    },
+    "cxr": {
+        "smoke": dict(working_size=64, crop=64, batch_size=4, max_train_cases=4, max_eval_cases=2),
+        "cpu": dict(working_size=128, crop=128, batch_size=8),
+        "gpu": dict(working_size=256, crop=256, batch_size=8),
+        "paper": dict(working_size=256, crop=256, batch_size=3),
+    },
+    "hippocampus": {
+        "smoke": dict(working_size=None, crop=32, batch_size=8, hippocampus_max_volumes=4, max_eval_cases=40),
+        "cpu": dict(working_size=None, crop=32, batch_size=32),
+        "gpu": dict(working_size=None, crop=32, batch_size=64),
+        "paper": dict(working_size=None, crop=32, batch_size=128, overlap=0.75),
+    },
+    "qata": {
+        "smoke": dict(working_size=64, crop=64, batch_size=4, max_train_cases=4, max_eval_cases=2),
+        "cpu": dict(working_size=128, crop=128, batch_size=8, max_train_cases=300, max_eval_cases=200),
+        "gpu": dict(working_size=256, crop=256, batch_size=8),
+        "paper": dict(working_size=256, crop=256, batch_size=8),
+    },
+    "synthetic": {
+        "smoke": dict(working_size=64, crop=32, batch_size=4, synthetic_cases=8, synthetic_size=64, overlap=0.0),
+        "cpu": dict(working_size=256, crop=64, batch_size=8, synthetic_cases=24, synthetic_size=256, overlap=0.0),
+        "gpu": dict(working_size=256, crop=128, batch_size=8, synthetic_cases=64, synthetic_size=256, overlap=0.0),
+        "paper": dict(working_size=512, crop=256, batch_size=4, synthetic_cases=64, synthetic_size=512, overlap=0.0),
+    },
+}
+
+_TRAIN: dict[str, dict[str, Any]] = {
+    "smoke": dict(steps=6, val_every=3, log_every=1, max_minutes=1.0),
+    "cpu": dict(steps=1500, val_every=100, log_every=10, max_minutes=8.0),
+    "gpu": dict(steps=20000, val_every=500, log_every=50, max_minutes=50.0),
+    "paper": dict(steps=84000, val_every=700, log_every=100, max_minutes=None),
+}
+
+
+def data_config(dataset: str, preset: str) -> DataConfig:
+    """The :class:`DataConfig` of a dataset at a (resolved) preset."""
+    if dataset not in _DATA:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    return DataConfig(**_DATA[dataset][resolve_preset(preset)])
+
+
+def get_config(
+    method: str = "unet",
+    dataset: str = "synthetic",
+    preset: str | None = "auto",
+    seed: int = 0,
+    **model_overrides: Any,
+) -> RunConfig:
+    """Build the full :class:`RunConfig` for ``method`` on ``dataset`` at ``preset``.
+
+    The method contributes its own model dataclass (``default_config``) and may adjust the data and
+    training settings (``data_overrides``/``train_overrides``); ``model_overrides`` replace fields of
+    the model dataclass (unknown names raise).
+    """
+    from .methods import get_method_class
+
+    preset = resolve_preset(preset)
+    cls = get_method_class(method)
+    data = replace(data_config(dataset, preset), **cls.data_overrides(preset, dataset))
+    train = replace(TrainConfig(**_TRAIN[preset]), **cls.train_overrides(preset, dataset))
+    model = cls.default_config(preset, dataset)
+    if model_overrides:
+        unknown = set(model_overrides) - {f.name for f in fields(model)}
+        if unknown:
+            raise ValueError(f"unknown {method} option(s) {sorted(unknown)}; known: {[f.name for f in fields(model)]}")
+        model = replace(model, **model_overrides)
+    return RunConfig(method=method, dataset=dataset, preset=preset, seed=seed, data=data, train=train,
+                     model=asdict(model) if is_dataclass(model) else dict(model))
+
+
+def override(cfg: RunConfig, **changes: Any) -> RunConfig:
+    """Return a copy of ``cfg`` with dotted changes, e.g. ``override(cfg, **{"train.steps": 10})``."""
+    cfg = RunConfig.from_dict(cfg.to_dict())
+    for key, value in changes.items():
+        section, _, name = key.partition(".")
+        if not name:
+            setattr(cfg, section, value)
+        elif section == "model":
+            cfg.model[name] = value
+        else:
+            sub = getattr(cfg, section)
+            if name not in {f.name for f in dataclasses.fields(sub)}:
+                raise ValueError(f"unknown setting {key!r}")
+            setattr(cfg, section, replace(sub, **{name: value}))
+    return cfg

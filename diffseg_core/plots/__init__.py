@@ -1,0 +1,146 @@
+"""General figures used across the book: overlays, error maps, learning curves and results tables.
+
+Every function draws on a given matplotlib ``Axes`` (or makes its own figure) and returns the figure, so
+notebooks compose them. Method-specific figures live in :mod:`diffseg_core.plots.cdal` and
+:mod:`diffseg_core.plots.textdiff`.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+
+# label colours: background transparent, then one colour per foreground class
+CLASS_COLOURS = np.array([[0, 0, 0], [0.0, 0.85, 0.3], [1.0, 0.35, 0.1], [0.2, 0.5, 1.0], [0.9, 0.2, 0.9]])
+
+
+def use_book_style() -> None:
+    """Consistent, readable defaults for every figure in the book."""
+    matplotlib.rcParams.update({
+        "figure.dpi": 100, "savefig.dpi": 120, "figure.figsize": (8, 4), "axes.titlesize": 10,
+        "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.fontsize": 8,
+        "image.interpolation": "nearest", "axes.grid": False,
+    })
+
+
+def to_display(image: np.ndarray) -> np.ndarray:
+    """``(C, H, W)`` or ``(H, W)`` in [0, 1] -> ``(H, W, 3)`` or ``(H, W)`` ready for ``imshow``."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 3:
+        image = image[0] if image.shape[0] == 1 else np.moveaxis(image[:3], 0, -1)
+    return np.clip(image, 0, 1)
+
+
+def show_image(ax: plt.Axes, image: np.ndarray, title: str | None = None) -> None:
+    img = to_display(image)
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+    ax.set_title(title or "")
+    ax.axis("off")
+
+
+def show_overlay(ax: plt.Axes, image: np.ndarray, mask: np.ndarray, title: str | None = None,
+                 alpha: float = 0.45, contour: bool = False) -> None:
+    """Image with its label map drawn on top (class k in ``CLASS_COLOURS[k]``; background left clear)."""
+    show_image(ax, image, title)
+    mask = np.asarray(mask)
+    if contour:
+        for k in range(1, int(mask.max()) + 1):
+            ax.contour(mask == k, levels=[0.5], colors=[CLASS_COLOURS[k % len(CLASS_COLOURS)]], linewidths=0.8)
+        return
+    rgba = np.zeros(mask.shape + (4,), dtype=np.float32)
+    for k in range(1, int(mask.max()) + 1):
+        rgba[mask == k, :3] = CLASS_COLOURS[k % len(CLASS_COLOURS)]
+        rgba[mask == k, 3] = alpha
+    ax.imshow(rgba)
+
+
+def error_overlay(ax: plt.Axes, image: np.ndarray, pred: np.ndarray, target: np.ndarray,
+                  title: str | None = None, foreground: int = 1) -> None:
+    """True positives green, false positives red, false negatives blue, over a dimmed image."""
+    show_image(ax, np.asarray(to_display(image)) * 0.6, title)
+    p, g = np.asarray(pred) == foreground, np.asarray(target) == foreground
+    rgba = np.zeros(p.shape + (4,), dtype=np.float32)
+    for m, colour in ((p & g, (0.1, 0.8, 0.2)), (p & ~g, (0.95, 0.1, 0.1)), (~p & g, (0.1, 0.4, 1.0))):
+        rgba[m, :3] = colour
+        rgba[m, 3] = 0.6
+    ax.imshow(rgba)
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=(0.1, 0.8, 0.2), label="TP"), Patch(color=(0.95, 0.1, 0.1), label="FP"),
+                       Patch(color=(0.1, 0.4, 1.0), label="FN")], loc="lower right", fontsize=7, framealpha=0.7)
+
+
+def show_map(ax: plt.Axes, values: np.ndarray, title: str | None = None, cmap: str = "viridis",
+             vmin: float | None = None, vmax: float | None = None, colorbar: bool = True) -> Any:
+    """A scalar map with a colourbar (probabilities, variances, attention)."""
+    im = ax.imshow(np.asarray(values), cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.set_title(title or "")
+    ax.axis("off")
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return im
+
+
+def image_grid(images: Sequence[np.ndarray], masks: Sequence[np.ndarray] | None = None,
+               titles: Sequence[str] | None = None, ncols: int = 4, size: float = 2.6,
+               suptitle: str | None = None) -> plt.Figure:
+    """A grid of images, each optionally overlaid with its mask."""
+    n = len(images)
+    nrows = max(1, int(np.ceil(n / ncols)))
+    fig, axes = plt.subplots(nrows, min(ncols, n), figsize=(size * min(ncols, n), size * nrows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= n:
+            ax.axis("off")
+            continue
+        title = titles[i] if titles else None
+        if masks is not None:
+            show_overlay(ax, images[i], masks[i], title)
+        else:
+            show_image(ax, images[i], title)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def plot_learning_curves(history: Any, ax: plt.Axes | None = None, losses: Sequence[str] | None = None,
+                         title: str | None = None) -> plt.Figure:
+    """Training losses (left axis, log scale) and validation Dice (right axis) against the step."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig = ax.figure
+    steps = history.steps if hasattr(history, "steps") else history["steps"]
+    val = history.val if hasattr(history, "val") else history["val"]
+    names = list(losses or sorted({k for s in steps for k in s} - {"step", "seconds"}))
+    for name in names:
+        pts = [(s["step"], s[name]) for s in steps if name in s]
+        if pts:
+            ax.plot(*zip(*pts), label=name, lw=1.2)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss")
+    if names and all(s.get(n, 1) > 0 for s in steps for n in names):
+        ax.set_yscale("log")
+    ax.legend(loc="upper left")
+    vpts = [(v["step"], v["dice"]) for v in val if "dice" in v]
+    if vpts:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*vpts), "o-", color="black", ms=3, lw=1, label="val Dice (per-image mean)")
+        ax2.set_ylabel("validation Dice")
+        ax2.set_ylim(0, 1)
+        ax2.legend(loc="upper right")
+    ax.set_title(title or "Learning curves")
+    fig.tight_layout()
+    return fig
+
+
+def results_table(rows: Sequence[dict[str, Any]], digits: int = 4):
+    """A pandas DataFrame from result rows; float columns rounded. Each row should carry a ``protocol``."""
+    import pandas as pd
+
+    df = pd.DataFrame(list(rows))
+    for col in df.columns:
+        if df[col].dtype.kind == "f":
+            df[col] = df[col].round(digits)
+    return df

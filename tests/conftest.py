@@ -1,0 +1,36 @@
+"""Shared fixtures. Real-data tests read ../shared/data (read-only) and skip cleanly when it is absent."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DIFFSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def shared_dataset(name: str) -> Path:
+    """Path of ``../shared/data/<name>``; skips the calling test (with the reason) when absent."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real-data subset {path} is not present (it lives in ../shared/data, read-only)")
+    return path
+
+
+@pytest.fixture
+def monuseg_root() -> Path:
+    return shared_dataset("monuseg")
+
+
+@pytest.fixture
+def cxr_root() -> Path:
+    return shared_dataset("cxr_lung")
+
+
+@pytest.fixture
+def hippocampus_root() -> Path:
+    return shared_dataset("hippocampus")
