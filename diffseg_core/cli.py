@@ -96,7 +96,9 @@ def _load_data(name: str, data: str, cfg, seed: int):
         return load_dataset("synthetic", None, cfg, seed=seed)
     if not data:
         raise SystemExit(f"error: --data is required for --dataset {name} (or set DIFFSEG_DATA)")
-    root = find_dataset_root(name, data)
+    # an explicitly named folder is handed to the loader even when discovery does not recognise it
+    # (e.g. a flat images/ + masks/ folder): the loader then says precisely what is missing
+    root = find_dataset_root(name, data) or (Path(data) if Path(data).is_dir() else None)
     if root is None:
         raise SystemExit(f"error: no {name} dataset found at {data!r}; see data/README.md for the expected layouts")
     return load_dataset(name, root, cfg, seed=seed)

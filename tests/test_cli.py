@@ -1,0 +1,63 @@
+"""The CLI contract: train -> evaluate, JSON keys, other folders, clear errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, shared_dataset
+from diffseg_core.cli import main
+
+REQUIRED = {"method", "dataset", "preset", "n_images", "dice_mean", "iou_mean", "dice_global", "iou_global",
+            "per_class", "seconds_per_image", "device", "protocol"}
+
+
+def test_train_and_evaluate_synthetic(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--method", "unet", "--dataset", "synthetic", "--preset", "smoke", "--out", str(run),
+                 "--no-progress"]) == 0
+    out = tmp_path / "test.json"
+    assert main(["evaluate", "--run", str(run), "--json", str(out), "--split", "test"]) == 0
+    res = json.loads(out.read_text())
+    assert REQUIRED <= set(res)
+    assert res["method"] == "unet" and res["preset"] == "smoke" and 0 <= res["dice_mean"] <= 1
+    assert "validation" in res["protocol"] and "test split" in res["protocol"]
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="no monuseg dataset found"):
+        main(["train", "--method", "unet", "--dataset", "monuseg", "--data", str(tmp_path / "nowhere"),
+              "--preset", "smoke", "--out", str(tmp_path / "r")])
+    with pytest.raises(SystemExit, match="--data is required"):
+        main(["train", "--method", "unet", "--dataset", "monuseg", "--data", "", "--preset", "smoke",
+              "--out", str(tmp_path / "r")])
+
+
+def test_module_entry_point_help():
+    out = subprocess.run([sys.executable, "-m", "diffseg_core", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0 and "evaluate" in out.stdout and "book" in out.stdout
+
+
+@pytest.mark.realdata
+def test_monuseg_train_evaluate_and_other_folder(tmp_path):
+    root = shared_dataset("monuseg")
+    run = tmp_path / "run"
+    assert main(["train", "--method", "unet", "--dataset", "monuseg", "--data", str(root), "--preset", "smoke",
+                 "--out", str(run), "--no-progress"]) == 0
+    out = tmp_path / "test.json"
+    assert main(["evaluate", "--run", str(run), "--data", str(root), "--split", "test", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert REQUIRED <= set(res) and res["dataset"] == "monuseg" and res["n_images"] >= 1
+    # a folder in the same layout with other case ids and no split column: --split all
+    other = tmp_path / "other"
+    (other / "images").mkdir(parents=True)
+    (other / "masks").mkdir()
+    for src in sorted((root / "images").glob("*.png"))[:2]:
+        (other / "images" / f"renamed_{src.name}").symlink_to(src)
+        (other / "masks" / f"renamed_{src.name}").symlink_to(root / "masks" / src.name)
+    out2 = tmp_path / "other.json"
+    assert main(["evaluate", "--run", str(run), "--data", str(other), "--split", "all", "--json", str(out2)]) == 0
+    res2 = json.loads(out2.read_text())
+    assert res2["n_images"] == 2
