@@ -67,6 +67,11 @@ class UNetMethod(SegMethod):
         opt.step()
         return {"loss": float(loss.detach())}
 
+    def inference_roi(self) -> int | None:
+        """The U-Net is fully convolutional: whole resized images go through in one pass (as large a window
+        as the working size), native-size images (hippocampus slices) through crop-sized windows."""
+        return self.cfg.data.working_size or self.cfg.data.crop
+
     @torch.no_grad()
     def predict(self, image: torch.Tensor, text: Sequence[str] | None = None) -> torch.Tensor:
         """Softmax probabilities ``(B, K, h, w)``; h and w must be divisible by 2**(levels-1) (the window is)."""
