@@ -1,0 +1,233 @@
+"""MSD Task04 Hippocampus: NIfTI volumes read with nibabel, served as 2-D axial slices.
+
+Layouts accepted (``root`` is the dataset folder):
+
+* the Medical Segmentation Decathlon release: ``imagesTr/*.nii.gz``, ``labelsTr/*.nii.gz``,
+  ``dataset.json`` (only the labelled training volumes are used, as in cDAL);
+* the shared subset: ``images/*.nii.gz``, ``labels/*.nii.gz``, optional ``cases.csv`` with a
+  ``pair_group`` column (volumes of one group stay in the same split).
+
+Each volume is min-max scaled to [0, 1] on its own (cDAL's ``ScaleIntensityd``), kept in its stored
+orientation (RAS for MSD Task04; cDAL re-orients to LPI, which only flips axes) and cut into 2-D slices
+along its **last** axis, the axis cDAL slices its 32^3 crops along. Labels: 0 background, 1 anterior,
+2 posterior. Evaluation stacks the slices back (``meta['volume']``, ``meta['slice']``) and scores per volume.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .base import Case, DataError, SegDataset, assign_seeded_split
+from .io import check_labels, check_same_size
+
+CLASS_NAMES: tuple[str, ...] = ("background", "anterior", "posterior")
+MSD_TASK04_URL = "https://msd-for-monai.s3-us-west-2.amazonaws.com/Task04_Hippocampus.tar"
+MSD_TASK04_MD5 = "9d24dba78a72977dbd1d2e110310f31b"  # as published in monai.apps.DecathlonDataset
+
+
+# ---------------------------------------------------------------------------------------------------
+# Volumes <-> slices
+# ---------------------------------------------------------------------------------------------------
+def volume_to_slices(volume_id: str, image: np.ndarray, label: np.ndarray,
+                     meta: dict[str, Any] | None = None) -> list[Case]:
+    """Cut a volume into 2-D cases along its last axis.
+
+    Args:
+        volume_id: the volume's id; slice ``k`` gets id ``"<volume_id>_s<k:03d>"``.
+        image: ``(X, Y, Z)`` float in [0, 1].
+        label: ``(X, Y, Z)`` int class indices.
+        meta: extra entries copied into each slice's ``meta``.
+    Returns:
+        ``Z`` cases with ``image`` ``(1, X, Y)`` float32, ``label`` ``(X, Y)`` int64,
+        ``meta['volume'] = volume_id``, ``meta['slice'] = k``, ``meta['volume_shape'] = (X, Y, Z)``.
+    """
+    if image.ndim != 3 or image.shape != label.shape:
+        raise DataError(f"volume {volume_id}: image {image.shape} and label {label.shape} must be equal 3-D shapes")
+    image = np.asarray(image, dtype=np.float32)
+    label = np.asarray(label, dtype=np.int64)
+    out = []
+    for k in range(image.shape[-1]):
+        m = dict(meta or {})
+        m.update(volume=volume_id, slice=k, volume_shape=tuple(int(s) for s in image.shape))
+        out.append(Case(id=f"{volume_id}_s{k:03d}", image=np.ascontiguousarray(image[None, :, :, k]),
+                        label=np.ascontiguousarray(label[:, :, k]), meta=m))
+    return out
+
+
+def slices_to_volume(slices: Sequence[Any], volume_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stack 2-D slice cases back into a volume (inverse of :func:`volume_to_slices`).
+
+    Args:
+        slices: cases of one volume (any order; sorted by ``meta['slice']``), or of several volumes
+            together with ``volume_id`` choosing one.
+    Returns:
+        ``image`` ``(X, Y, Z)`` float32 (first channel) and ``label`` ``(X, Y, Z)`` int64.
+    """
+    chosen = [c for c in slices if volume_id is None or c.meta.get("volume") == volume_id]
+    if not chosen:
+        raise DataError(f"slices_to_volume: no slice of volume {volume_id!r}")
+    vols = {c.meta.get("volume") for c in chosen}
+    if len(vols) > 1:
+        raise DataError(f"slices_to_volume: slices of several volumes {sorted(map(str, vols))[:4]}; pass volume_id")
+    chosen = sorted(chosen, key=lambda c: int(c.meta["slice"]))
+    idx = [int(c.meta["slice"]) for c in chosen]
+    if idx != list(range(len(chosen))):
+        raise DataError(f"slices_to_volume: volume {chosen[0].meta.get('volume')} has slices {idx[:5]}..., "
+                        "not a complete 0..Z-1 run (was it capped?)")
+    image = np.stack([c.image[0] for c in chosen], axis=-1)
+    label = np.stack([c.label for c in chosen], axis=-1)
+    return image, label
+
+
+def one_hot(label: np.ndarray, num_classes: int = 3) -> np.ndarray:
+    """Class indices -> one-hot, channel first.
+
+    Args:
+        label: ``(...)`` int in ``0..num_classes-1``.
+    Returns:
+        ``(num_classes, ...)`` float32 with exactly one 1 per position (cDAL then maps it to
+        ``2 * onehot - 1``, method.md §1.7).
+    """
+    label = np.asarray(label)
+    if label.size and (label.min() < 0 or label.max() >= num_classes):
+        raise DataError(f"one_hot: labels {np.unique(label)[:6].tolist()} outside 0..{num_classes - 1}")
+    return (np.arange(num_classes).reshape((-1,) + (1,) * label.ndim) == label[None]).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------------
+def read_nifti(path: Path) -> np.ndarray:
+    """A NIfTI file's voxel array (as stored, no re-orientation); :class:`DataError` if unreadable."""
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        arr = np.asarray(nib.load(str(path)).dataobj)
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read the file as NIfTI ({exc}); re-download it or remove it") from exc
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise DataError(f"{path}: expected a 3-D volume, got shape {arr.shape} (multi-channel volumes are not supported)")
+    return arr
+
+
+def minmax(volume: np.ndarray) -> np.ndarray:
+    """Per-volume min-max scaling to [0, 1] (a constant volume becomes all zeros)."""
+    v = volume.astype(np.float32)
+    lo, hi = float(v.min()), float(v.max())
+    return (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
+
+
+def _nii(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith("."))
+
+
+def _vid(path: Path) -> str:
+    return path.name.removesuffix(".gz").removesuffix(".nii")
+
+
+def find_pairs(root: Path) -> list[tuple[str, Path, Path]]:
+    """``(volume_id, image, label)`` for every labelled volume of an MSD or shared-layout folder."""
+    root = Path(root)
+    if (root / "imagesTr").is_dir():
+        img_dir, lab_dir = root / "imagesTr", root / "labelsTr"
+        listed = None
+        if (root / "dataset.json").is_file():
+            try:
+                info = json.loads((root / "dataset.json").read_text())
+                listed = [Path(e["image"]).name for e in info.get("training", [])]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise DataError(f"{root / 'dataset.json'}: cannot parse the training list ({exc})") from exc
+    elif (root / "images").is_dir():
+        img_dir, lab_dir, listed = root / "images", root / "labels", None
+    else:
+        raise DataError(f"{root}: unknown hippocampus layout; expected imagesTr/ + labelsTr/ (MSD Task04) or "
+                        "images/ + labels/ holding .nii.gz files (see data/README.md)")
+    if not lab_dir.is_dir():
+        raise DataError(f"{lab_dir}: label folder not found next to {img_dir}")
+    images = _nii(img_dir)
+    if listed is not None:
+        images = [p for p in images if p.name in set(listed)]
+    if not images:
+        raise DataError(f"{img_dir}: no .nii.gz volume found; copy the Task04 files there (see data/README.md)")
+    pairs = []
+    for img in images:
+        lab = lab_dir / img.name
+        if not lab.is_file():
+            raise DataError(f"{img}: no label volume {lab.name} in {lab_dir}; every image needs its label")
+        pairs.append((_vid(img), img, lab))
+    return pairs
+
+
+def _pair_groups(root: Path) -> dict[str, str]:
+    path = Path(root) / "cases.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "pair_group" not in rows[0] or "id" not in rows[0]:
+        return {}
+    return {r["id"]: r["pair_group"] for r in rows}
+
+
+def load_hippocampus(root: Path, max_volumes: int | None = None, seed: int = 0) -> SegDataset:
+    """Load MSD Task04 (or the shared subset) as 2-D axial slices with a seeded split by volume.
+
+    Args:
+        root: the dataset folder.
+        max_volumes: keep only this many volumes (the first in id order after a seeded shuffle; smoke runs).
+        seed: seed of the 60/20/20 train/val/test split by volume (``pair_group`` kept together).
+    Returns:
+        :class:`SegDataset` of slices ``(1, X, Y)`` with ``meta['volume']``, ``meta['slice']``.
+    """
+    root = Path(root)
+    pairs = find_pairs(root)
+    if max_volumes is not None and len(pairs) > max_volumes:
+        order = np.random.default_rng(seed).permutation(len(pairs))[:max_volumes]
+        pairs = [pairs[i] for i in sorted(order)]
+    groups = _pair_groups(root)
+    cases: list[Case] = []
+    for vid, img_path, lab_path in pairs:
+        image = read_nifti(img_path)
+        label = read_nifti(lab_path)
+        check_same_size(image, label, img_path, lab_path)
+        label = check_labels(label, (0, 1, 2), lab_path)
+        cases += volume_to_slices(vid, minmax(image), label, meta={"orig_size": tuple(image.shape[:2])})
+    vol_split = assign_seeded_split([p[0] for p in pairs], seed=seed, groups={v: groups[v] for v, *_ in pairs if v in groups})
+    for c in cases:
+        c.split = vol_split[c.meta["volume"]]
+    layout = "MSD Task04 (imagesTr/labelsTr)" if (root / "imagesTr").is_dir() else "images/ + labels/"
+    return SegDataset(name="hippocampus", cases=cases, class_names=CLASS_NAMES, in_channels=1, source="real",
+                      root=root, has_text=False, description=(
+                          f"MSD Task04 Hippocampus, {len(pairs)} volumes ({layout}) as axial slices, seeded split by "
+                          f"volume{' keeping pair_group together' if groups else ''}"))
+
+
+def fetch_hippocampus(data_root: Path, progress: bool = True) -> Path:
+    """Download and extract MSD Task04 Hippocampus (~27 MB) into ``data_root`` with MONAI; returns its folder.
+
+    Uses :func:`monai.apps.download_and_extract` with the published MD5 and a progress bar. Needs the
+    internet; tests never call it. Licence: CC BY-SA 4.0.
+    """
+    from monai.apps import download_and_extract
+
+    data_root = Path(data_root)
+    target = data_root / "Task04_Hippocampus"
+    if (target / "imagesTr").is_dir():
+        return target
+    data_root.mkdir(parents=True, exist_ok=True)
+    try:
+        download_and_extract(MSD_TASK04_URL, filepath=str(data_root / "Task04_Hippocampus.tar"),
+                             output_dir=str(data_root), hash_val=MSD_TASK04_MD5, hash_type="md5", progress=progress)
+    except Exception as exc:
+        raise DataError(f"could not download {MSD_TASK04_URL} into {data_root} ({exc}); check the connection, or "
+                        "download Task04_Hippocampus.tar from http://medicaldecathlon.com by hand and extract it there") from exc
+    return target
