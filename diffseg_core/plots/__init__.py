@@ -59,7 +59,7 @@ def show_overlay(ax: plt.Axes, image: np.ndarray, mask: np.ndarray, title: str |
 def error_overlay(ax: plt.Axes, image: np.ndarray, pred: np.ndarray, target: np.ndarray,
                   title: str | None = None, foreground: int = 1) -> None:
     """True positives green, false positives red, false negatives blue, over a dimmed image."""
-    show_image(ax, np.asarray(to_display(image)) * 0.6, title)
+    show_image(ax, np.asarray(image, dtype=np.float32) * 0.6, title)
     p, g = np.asarray(pred) == foreground, np.asarray(target) == foreground
     rgba = np.zeros(p.shape + (4,), dtype=np.float32)
     for m, colour in ((p & g, (0.1, 0.8, 0.2)), (p & ~g, (0.95, 0.1, 0.1)), (~p & g, (0.1, 0.4, 1.0))):
