@@ -37,7 +37,7 @@ def predict_case(method: SegMethod, case: Case) -> np.ndarray:
     if roi is None:
         probs = predictor(image)
     else:
-        probs = sliding_window_inference(image, roi_size=(roi, roi), sw_batch_size=4, predictor=predictor,
+        probs = sliding_window_inference(image, roi_size=(roi, roi), sw_batch_size=16, predictor=predictor,
                                          overlap=method.cfg.data.overlap, mode="constant")
     return probs[0].float().cpu().numpy()
 
