@@ -1,0 +1,444 @@
+"""cDAL's generator x_theta(x_t, t, I, z): DDGAN's NCSN++ with AdaGN, plus a light image encoder (method.md §1.3).
+
+The generator predicts the **clean label** x0 (tanh-bounded, in [-1, 1]) from the noisy label x_{t+1}
+(code time ``t``, see :mod:`diffseg_core.schedule`), the image I and a latent z ~ N(0, I_nz).
+
+Architecture, top to bottom (every choice follows the official code unless stated):
+
+* **time embedding**: sinusoidal embedding of the integer code time (dim ``nf``, max period 10000, sin half
+  then cos half), Linear(nf, 4nf) -> SiLU -> Linear(4nf, 4nf); every ResNet block adds its own
+  Linear(SiLU(t_emb)) as a per-channel bias;
+* **latent z**: a mapping network (PixelNorm, Linear(nz, z_emb) + SiLU, then ``n_mlp`` x [Linear + SiLU])
+  produces a style vector that drives **both** GroupNorms of **every** ResNet block (AdaGN:
+  ``gamma(w) * GN(h) + beta(w)``, gamma initialised to 1 and beta to 0). ``z = None`` means z = 0 (the
+  "w/o latent" ablation, D18): the architecture is unchanged, the style is constant;
+* **image encoder** (the paper's "light encoder"): 3x3 conv to nf channels, then ``enc_blocks`` plain
+  residual blocks at full resolution (no time, no z). Its output is **added once**, to the output of the
+  generator's input conv, before the first ResNet block (D19), so the long skip to the last decoder block
+  also carries the image (SegDiff's "F(x_t) + G(I)");
+* **U-Net body** (BigGAN-style NCSN++): per level ``num_res_blocks`` AdaGN ResNet blocks (+ self-attention
+  where the level's resolution is in ``attn_resolutions``), a down-sampling ResNet block between levels;
+  input pyramid (``progressive_input``, 'residual'): the noisy label is re-sampled by a FIR 3x3 conv at
+  every down-sampling and merged as (pyramid + h)/sqrt(2); middle ResNet -> attention -> ResNet; decoder
+  with ``num_res_blocks + 1`` blocks per level on [h, skip]; head GroupNorm -> SiLU -> 3x3 conv (~0 init)
+  -> **tanh**;
+* **re-sampling**: ``resample='fir'`` is the StyleGAN2 [1,3,3,1] FIR filter written in plain PyTorch
+  (depthwise convolutions, no custom GPU kernel; :func:`fir_downsample`, :func:`fir_upsample`);
+  ``resample='avg'`` uses 2x2 average pooling and nearest up-sampling (cheaper; method.md §6 recommends it
+  on the CPU).
+
+Choices against the official code (documented here because they change behaviour slightly):
+
+* ``attn_resolutions`` are read relative to ``image_size`` and fixed to **levels** at construction, so the
+  same network runs on any input whose side is divisible by 2**(levels-1) (e.g. a 64-px crop during
+  training, a larger window at inference). The official code compares the runtime width with the list.
+* GroupNorm group counts are ``min(C // 4, 32)`` in the body (as in the code) and the largest divisor of C
+  that is <= 32 in the image encoder (the code hard-codes 32 groups, which fails for nf < 32; identical
+  whenever nf is a multiple of 32).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "timestep_embedding", "fir_kernel", "fir_downsample", "fir_upsample", "variance_scaling_",
+    "MappingNetwork", "AdaptiveGroupNorm", "ImageEncoder", "CondResBlock", "SelfAttention", "ConditionalGenerator",
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# small pure helpers
+# ------------------------------------------------------------------------------------------------
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of integer times ``t`` (B,) -> (B, dim): [sin(t w_i), cos(t w_i)], w_i = P^(-i/(h-1)).
+
+    Same convention as DDPM/NCSN++ (``get_timestep_embedding``): h = dim // 2 frequencies from 1 down to
+    1/max_period, sine half first; an odd ``dim`` is zero-padded.
+    """
+    if t.ndim != 1:
+        raise ValueError(f"timestep_embedding: t must be (B,), got shape {tuple(t.shape)}")
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=t.device) * -(math.log(max_period) / max(half - 1, 1)))
+    args = t.float()[:, None] * freqs[None, :]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    if dim % 2 == 1:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def variance_scaling_(weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """DDPM initialisation: uniform variance scaling with fan_avg; ``scale = 0`` means 1e-10 (near-zero init)."""
+    scale = 1e-10 if scale == 0 else scale
+    receptive = weight[0, 0].numel() if weight.ndim > 2 else 1
+    fan_in, fan_out = weight.shape[1] * receptive, weight.shape[0] * receptive
+    bound = math.sqrt(3.0 * scale / ((fan_in + fan_out) / 2.0))
+    with torch.no_grad():
+        return weight.uniform_(-bound, bound)
+
+
+def _conv(cin: int, cout: int, k: int = 3, init_scale: float = 1.0, bias: bool = True, stride: int = 1,
+          padding: int | None = None) -> nn.Conv2d:
+    conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2 if padding is None else padding, bias=bias)
+    variance_scaling_(conv.weight, init_scale)
+    if bias:
+        nn.init.zeros_(conv.bias)
+    return conv
+
+
+def _linear(cin: int, cout: int, init_scale: float = 1.0) -> nn.Linear:
+    lin = nn.Linear(cin, cout)
+    variance_scaling_(lin.weight, init_scale)
+    nn.init.zeros_(lin.bias)
+    return lin
+
+
+def _body_groups(c: int) -> int:
+    return max(1, min(c // 4, 32))
+
+
+def _encoder_groups(c: int) -> int:
+    return max(g for g in range(1, 33) if c % g == 0)
+
+
+def fir_kernel(taps: Sequence[float] = (1, 3, 3, 1)) -> torch.Tensor:
+    """Separable 2-D FIR kernel ``outer(k, k) / sum`` (4, 4) for the StyleGAN2 [1,3,3,1] filter."""
+    k = torch.tensor(taps, dtype=torch.float32)
+    k2 = torch.outer(k, k)
+    return k2 / k2.sum()
+
+
+def _depthwise(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    c = x.shape[1]
+    return F.conv2d(x, k.to(x)[None, None].expand(c, 1, *k.shape), groups=c)
+
+
+def fir_downsample(x: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
+    """Blur with the FIR kernel and keep every second pixel: (B, C, H, W) -> (B, C, H/2, W/2).
+
+    Equivalent to upfirdn2d(x, k, down=2, pad=(1, 1)) of StyleGAN2, in plain PyTorch.
+    """
+    k = fir_kernel() if k is None else k
+    p = k.shape[0] - 2
+    x = F.pad(x, ((p + 1) // 2, p // 2, (p + 1) // 2, p // 2))
+    return _depthwise(x, k)[:, :, ::2, ::2]
+
+
+def fir_upsample(x: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
+    """Zero-insertion up-sampling followed by the FIR kernel (x4 gain): (B, C, H, W) -> (B, C, 2H, 2W).
+
+    Equivalent to upfirdn2d(x, 4k, up=2, pad=(2, 1)) of StyleGAN2, in plain PyTorch.
+    """
+    k = fir_kernel() if k is None else k
+    b, c, h, w = x.shape
+    up = x.new_zeros(b, c, h * 2, w * 2)
+    up[:, :, ::2, ::2] = x
+    p = k.shape[0] - 2
+    up = F.pad(up, ((p + 1) // 2 + 1, p // 2, (p + 1) // 2 + 1, p // 2))
+    return _depthwise(up, k * 4)
+
+
+def _down(x: torch.Tensor, resample: str) -> torch.Tensor:
+    return fir_downsample(x) if resample == "fir" else F.avg_pool2d(x, 2)
+
+
+def _up(x: torch.Tensor, resample: str) -> torch.Tensor:
+    return fir_upsample(x) if resample == "fir" else F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
+# ------------------------------------------------------------------------------------------------
+# building blocks
+# ------------------------------------------------------------------------------------------------
+class PixelNorm(nn.Module):
+    """x / sqrt(mean(x^2 over features) + 1e-8). (B, D) -> (B, D)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / torch.sqrt(torch.mean(x**2, dim=1, keepdim=True) + 1e-8)
+
+
+class MappingNetwork(nn.Module):
+    """z (B, nz) -> style w (B, z_emb_dim): PixelNorm, Linear(nz, z_emb) + SiLU, then n_mlp x (Linear + SiLU)."""
+
+    def __init__(self, nz: int = 100, z_emb_dim: int = 256, n_mlp: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [PixelNorm(), _linear(nz, z_emb_dim), nn.SiLU()]
+        for _ in range(n_mlp):
+            layers += [_linear(z_emb_dim, z_emb_dim), nn.SiLU()]
+        self.net = nn.Sequential(*layers)
+        self.nz, self.z_emb_dim = nz, z_emb_dim
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.ndim != 2 or z.shape[1] != self.nz:
+            raise ValueError(f"MappingNetwork: z must be (B, {self.nz}), got shape {tuple(z.shape)}")
+        return self.net(z)
+
+
+class AdaptiveGroupNorm(nn.Module):
+    """AdaGN: ``gamma(w) * GroupNorm(h) + beta(w)`` with (gamma, beta) = Linear(w) (method.md §1.3).
+
+    ``h`` (B, C, H, W), ``w`` (B, style_dim) -> (B, C, H, W). The GroupNorm has no affine parameters; the
+    Linear's bias starts at gamma = 1, beta = 0, so with a zero style the layer is a plain GroupNorm.
+    """
+
+    def __init__(self, num_groups: int, channels: int, style_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(num_groups, channels, affine=False, eps=1e-6)
+        self.style = _linear(style_dim, 2 * channels)
+        with torch.no_grad():
+            self.style.bias[:channels] = 1.0
+            self.style.bias[channels:] = 0.0
+
+    def forward(self, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.style(w)[:, :, None, None].chunk(2, dim=1)
+        return gamma * self.norm(h) + beta
+
+
+class EncoderBlock(nn.Module):
+    """Plain residual block of the image encoder: x + [GN -> SiLU -> conv3x3 -> GN -> SiLU -> dropout -> conv3x3(0)]."""
+
+    def __init__(self, channels: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        g = _encoder_groups(channels)
+        self.body = nn.Sequential(
+            nn.GroupNorm(g, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            nn.GroupNorm(g, channels), nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(channels, channels, 3, padding=1))
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ImageEncoder(nn.Module):
+    """The light image encoder: image (B, Ci, H, W) -> features (B, nf, H, W), full resolution, no time, no z.
+
+    A 3x3 conv, then ``blocks`` plain residual blocks (MoNuSeg: 5 blocks, nf = 64, 372,352 parameters).
+    """
+
+    def __init__(self, in_channels: int, nf: int, blocks: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, nf, 3, padding=1)
+        self.blocks = nn.Sequential(*[EncoderBlock(nf, dropout) for _ in range(blocks)])
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.conv(image))
+
+
+class CondResBlock(nn.Module):
+    """BigGAN-style ResNet block with AdaGN and a time bias (``ResnetBlockBigGANpp_Adagn``).
+
+    ``AdaGN -> SiLU -> (up/down) -> conv3x3 -> + Linear(SiLU(t_emb)) -> AdaGN -> SiLU -> dropout -> conv3x3(~0)``;
+    skip = (up/down) then a 1x1 conv when the shape changes; output (skip + h) / sqrt(2).
+    ``x`` (B, Cin, H, W), ``temb`` (B, 4nf), ``w`` (B, z_emb) -> (B, Cout, H', W').
+    """
+
+    def __init__(self, in_ch: int, out_ch: int | None, temb_dim: int, style_dim: int, up: bool = False,
+                 down: bool = False, dropout: float = 0.0, resample: str = "fir") -> None:
+        super().__init__()
+        out_ch = out_ch or in_ch
+        self.norm0 = AdaptiveGroupNorm(_body_groups(in_ch), in_ch, style_dim)
+        self.conv0 = _conv(in_ch, out_ch)
+        self.temb = _linear(temb_dim, out_ch)
+        self.norm1 = AdaptiveGroupNorm(_body_groups(out_ch), out_ch, style_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.conv1 = _conv(out_ch, out_ch, init_scale=0.0)
+        self.skip = _conv(in_ch, out_ch, k=1) if (in_ch != out_ch or up or down) else None
+        self.up, self.down, self.resample = up, down, resample
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.norm0(x, w))
+        if self.up:
+            h, x = _up(h, self.resample), _up(x, self.resample)
+        elif self.down:
+            h, x = _down(h, self.resample), _down(x, self.resample)
+        h = self.conv0(h) + self.temb(F.silu(temb))[:, :, None, None]
+        h = self.conv1(self.dropout(F.silu(self.norm1(h, w))))
+        if self.skip is not None:
+            x = self.skip(x)
+        return (x + h) / math.sqrt(2.0)
+
+
+class SelfAttention(nn.Module):
+    """Single-head spatial self-attention (``AttnBlockpp``): (B, C, H, W) -> (B, C, H, W), (x + h)/sqrt(2).
+
+    GroupNorm, 1x1 projections q, k, v, softmax(q^T k / sqrt(C)) over all positions, output projection ~0.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(_body_groups(channels), channels, eps=1e-6)
+        self.q, self.k, self.v = (_conv(channels, channels, k=1) for _ in range(3))
+        self.out = _conv(channels, channels, k=1, init_scale=0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, hh, ww = x.shape
+        h = self.norm(x)
+        q, k, v = (m(h).reshape(b, c, hh * ww) for m in (self.q, self.k, self.v))
+        attn = torch.softmax(torch.einsum("bci,bcj->bij", q, k) * c**-0.5, dim=-1)   # (B, HW, HW)
+        h = torch.einsum("bij,bcj->bci", attn, v).reshape(b, c, hh, ww)
+        return (x + self.out(h)) / math.sqrt(2.0)
+
+
+class PyramidDown(nn.Module):
+    """Input-pyramid down-sampling conv: FIR blur (pad 2) + 3x3 stride-2 conv, or 2x2 avg-pool + 3x3 conv."""
+
+    def __init__(self, in_ch: int, out_ch: int, resample: str) -> None:
+        super().__init__()
+        self.resample = resample
+        self.conv = _conv(in_ch, out_ch, stride=2 if resample == "fir" else 1, padding=0 if resample == "fir" else 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.resample == "fir":  # upfirdn2d(x, k, pad=(2, 2)) then a valid stride-2 conv (score_sde conv_downsample_2d)
+            return self.conv(_depthwise(F.pad(x, (2, 2, 2, 2)), fir_kernel()))
+        return self.conv(F.avg_pool2d(x, 2))
+
+
+# ------------------------------------------------------------------------------------------------
+# the generator
+# ------------------------------------------------------------------------------------------------
+class ConditionalGenerator(nn.Module):
+    """x0 predictor G(x_t, t, I, z) of cDAL (DDGAN NCSN++ with AdaGN + image encoder; method.md §1.3).
+
+    Args:
+        label_channels: channels of the label map x (1 for binary tasks, K for one-hot multiclass).
+        image_channels: channels of the conditioning image (3 for H&E, 1 for X-ray/MRI).
+        nf: base width; level i has ``nf * ch_mult[i]`` channels.
+        ch_mult: width multipliers per level (one level per entry; ``len - 1`` down-samplings).
+        num_res_blocks: ResNet blocks per encoder level (decoder: + 1).
+        attn_resolutions: resolutions (in pixels of an ``image_size`` input) that get self-attention.
+        image_size: nominal input size used to place the attention levels.
+        nz, z_emb_dim, n_mlp: latent size, style size and mapping depth.
+        enc_blocks: residual blocks in the image encoder.
+        resample: 'fir' (StyleGAN2 [1,3,3,1]) or 'avg' (avg-pool / nearest).
+        progressive_input: the 'residual' input pyramid of NCSN++ (True in every cDAL config).
+        dropout: dropout inside the ResNet blocks (0 in cDAL).
+    """
+
+    def __init__(self, label_channels: int = 1, image_channels: int = 3, nf: int = 64,
+                 ch_mult: Sequence[int] = (1, 1, 1, 2, 2, 4, 4), num_res_blocks: int = 2,
+                 attn_resolutions: Sequence[int] = (16, 8), image_size: int = 256, nz: int = 100,
+                 z_emb_dim: int = 256, n_mlp: int = 3, enc_blocks: int = 5, resample: str = "fir",
+                 progressive_input: bool = True, dropout: float = 0.0) -> None:
+        super().__init__()
+        if resample not in ("fir", "avg"):
+            raise ValueError(f"ConditionalGenerator: resample must be 'fir' or 'avg', got {resample!r}")
+        if nf % 4 or nf < 4:
+            raise ValueError(f"ConditionalGenerator: nf must be a positive multiple of 4, got {nf}")
+        self.label_channels, self.image_channels, self.nf, self.nz = label_channels, image_channels, nf, nz
+        self.ch_mult, self.num_res_blocks, self.resample = tuple(ch_mult), num_res_blocks, resample
+        self.progressive_input = progressive_input
+        levels = len(self.ch_mult)
+        self.divisor = 2 ** (levels - 1)
+        resolutions = [image_size // 2**i for i in range(levels)]
+        self.attn_levels = {i for i, r in enumerate(resolutions) if r in set(attn_resolutions)}
+        temb_dim = 4 * nf
+
+        self.temb = nn.Sequential(_linear(nf, temb_dim), nn.SiLU(), _linear(temb_dim, temb_dim))
+        self.mapping = MappingNetwork(nz, z_emb_dim, n_mlp)
+        self.encoder = ImageEncoder(image_channels, nf, enc_blocks, dropout)
+        self.conv_in = _conv(label_channels, nf)
+
+        block = lambda cin, cout=None, **kw: CondResBlock(cin, cout, temb_dim, z_emb_dim, dropout=dropout,  # noqa: E731
+                                                          resample=resample, **kw)
+        self.down_blocks = nn.ModuleList()      # per level: ModuleList of (resblock, attn or Identity)
+        self.downsamplers = nn.ModuleList()     # per level except the last: down-sampling resblock
+        self.pyramid = nn.ModuleList()          # per level except the last: input-pyramid conv
+        hs_c = [nf]
+        in_ch, pyr_ch = nf, label_channels
+        for i in range(levels):
+            blocks = nn.ModuleList()
+            for _ in range(num_res_blocks):
+                out_ch = nf * self.ch_mult[i]
+                blocks.append(nn.ModuleList([block(in_ch, out_ch),
+                                             SelfAttention(out_ch) if i in self.attn_levels else nn.Identity()]))
+                in_ch = out_ch
+                hs_c.append(in_ch)
+            self.down_blocks.append(blocks)
+            if i != levels - 1:
+                self.downsamplers.append(block(in_ch, down=True))
+                if progressive_input:
+                    self.pyramid.append(PyramidDown(pyr_ch, in_ch, resample))
+                    pyr_ch = in_ch
+                hs_c.append(in_ch)
+
+        self.mid = nn.ModuleList([block(in_ch), SelfAttention(in_ch), block(in_ch)])
+
+        self.up_blocks = nn.ModuleList()
+        self.up_attn = nn.ModuleList()
+        self.upsamplers = nn.ModuleList()
+        for i in reversed(range(levels)):
+            blocks = nn.ModuleList()
+            for _ in range(num_res_blocks + 1):
+                out_ch = nf * self.ch_mult[i]
+                blocks.append(block(in_ch + hs_c.pop(), out_ch))
+                in_ch = out_ch
+            self.up_blocks.append(blocks)
+            self.up_attn.append(SelfAttention(in_ch) if i in self.attn_levels else nn.Identity())
+            if i != 0:
+                self.upsamplers.append(block(in_ch, up=True))
+        assert not hs_c
+        self.head = nn.Sequential(nn.GroupNorm(_body_groups(in_ch), in_ch, eps=1e-6), nn.SiLU(),
+                                  _conv(in_ch, label_channels, init_scale=0.0))
+
+    def num_parameters(self) -> int:
+        """Total number of parameters."""
+        return sum(p.numel() for p in self.parameters())
+
+    def style(self, z: torch.Tensor | None, batch: int, like: torch.Tensor) -> torch.Tensor:
+        """Mapping-network output for ``z`` (B, nz); ``None`` means z = 0 (the "w/o latent" ablation)."""
+        if z is None:
+            z = like.new_zeros(batch, self.nz)
+        return self.mapping(z)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, image: torch.Tensor,
+                z: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict x0.
+
+        Args:
+            x_t: noisy label (B, Cl, H, W) at the more-noisy level t+1 (H, W divisible by ``self.divisor``).
+            t: code time (B,) int64 in 0..T-1.
+            image: conditioning image (B, Ci, H, W), already normalised by the caller.
+            z: latent (B, nz) or ``None`` (z = 0).
+        Returns:
+            x0_hat (B, Cl, H, W) in [-1, 1] (tanh).
+        """
+        b, c, h, w = x_t.shape
+        if c != self.label_channels:
+            raise ValueError(f"ConditionalGenerator: x_t has {c} channels, expected {self.label_channels}")
+        if image.shape[0] != b or image.shape[1] != self.image_channels or image.shape[2:] != x_t.shape[2:]:
+            raise ValueError(f"ConditionalGenerator: image {tuple(image.shape)} does not match x_t {tuple(x_t.shape)} "
+                             f"with {self.image_channels} image channels")
+        if h % self.divisor or w % self.divisor:
+            raise ValueError(f"ConditionalGenerator: spatial size {h}x{w} must be divisible by {self.divisor} "
+                             f"({len(self.ch_mult)} levels)")
+        if t.shape != (b,):
+            raise ValueError(f"ConditionalGenerator: t must be (B,) = ({b},), got {tuple(t.shape)}")
+        temb = self.temb(timestep_embedding(t, self.nf))
+        wz = self.style(z, b, x_t)
+
+        hs = [self.conv_in(x_t) + self.encoder(image)]     # image features added once, before the first block
+        pyramid = x_t
+        hcur = hs[-1]
+        for i, blocks in enumerate(self.down_blocks):
+            for res, attn in blocks:
+                hcur = attn(res(hs[-1], temb, wz))
+                hs.append(hcur)
+            if i != len(self.down_blocks) - 1:
+                hcur = self.downsamplers[i](hs[-1], temb, wz)
+                if self.progressive_input:
+                    pyramid = (self.pyramid[i](pyramid) + hcur) / math.sqrt(2.0)
+                    hcur = pyramid
+                hs.append(hcur)
+        hcur = self.mid[0](hs[-1], temb, wz)
+        hcur = self.mid[2](self.mid[1](hcur), temb, wz)
+        for j, blocks in enumerate(self.up_blocks):
+            for res in blocks:
+                hcur = res(torch.cat([hcur, hs.pop()], dim=1), temb, wz)
+            hcur = self.up_attn[j](hcur)
+            if j < len(self.upsamplers):
+                hcur = self.upsamplers[j](hcur, temb, wz)
+        return torch.tanh(self.head(hcur))

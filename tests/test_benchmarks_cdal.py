@@ -1,0 +1,30 @@
+"""The cDAL benchmark scripts run in their tiny mode and print their ratio line (no timing is asserted)."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *args: str) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DIFFSEG_DEVICE": "cpu"}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_train_step_benchmark_tiny_mode():
+    out = _run("train_step.py", "--preset", "smoke", "--repeats", "1", "--warmup", "0")
+    m = re.search(r"ratio smoke: cDAL step / U-Net step = ([0-9.]+)", out)
+    assert m and float(m.group(1)) > 0, out
+
+
+def test_sampling_benchmark_tiny_mode():
+    out = _run("sampling.py", "--preset", "smoke", "--ddpm-steps", "8", "--samples", "2", "--repeats", "1")
+    m = re.search(r"ratio DDPM/cDAL: ([0-9.]+)x measured, ([0-9.]+)x in network evaluations", out)
+    assert m and float(m.group(1)) > 0 and float(m.group(2)) == 2.0, out

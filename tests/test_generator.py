@@ -1,0 +1,131 @@
+"""Generator tests: shapes, tanh range, the role of z, AdaGN's initial state, FIR filters, parameter counts."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from diffseg_core.cdal import CDALConfig, build_generator
+from diffseg_core.generator import (AdaptiveGroupNorm, ConditionalGenerator, ImageEncoder, MappingNetwork, fir_downsample,
+                                    fir_upsample, timestep_embedding)
+
+
+def tiny_g(**kw) -> ConditionalGenerator:
+    args = dict(label_channels=1, image_channels=3, nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,),
+                image_size=16, nz=8, z_emb_dim=16, n_mlp=1, enc_blocks=1, resample="avg")
+    args.update(kw)
+    return ConditionalGenerator(**args)
+
+
+def _perturb(g: torch.nn.Module, scale: float = 0.2) -> None:
+    """Move every weight away from its (near-zero) init so outputs depend on all inputs."""
+    torch.manual_seed(123)
+    with torch.no_grad():
+        for p in g.parameters():
+            p.add_(torch.randn_like(p) * scale)
+
+
+@pytest.mark.parametrize("resample", ["avg", "fir"])
+def test_shapes_and_tanh_range(resample):
+    torch.manual_seed(0)
+    g = tiny_g(resample=resample, label_channels=3, image_channels=1)
+    _perturb(g, 1.0)
+    x = torch.randn(2, 3, 16, 16) * 5
+    out = g(x, torch.tensor([0, 3]), torch.randn(2, 1, 16, 16), torch.randn(2, 8))
+    assert out.shape == (2, 3, 16, 16)
+    assert out.abs().max() <= 1.0 and out.abs().max() > 0.5  # tanh-bounded, not stuck at 0
+    # a non-square window of another size works too (levels, not pixel sizes, carry the attention)
+    assert g(torch.randn(1, 3, 8, 24), torch.tensor([1]), torch.randn(1, 1, 8, 24)).shape == (1, 3, 8, 24)
+
+
+def test_latent_changes_output_only_when_used():
+    torch.manual_seed(0)
+    g = tiny_g()
+    _perturb(g)
+    x, img, t = torch.randn(2, 1, 16, 16), torch.randn(2, 3, 16, 16), torch.tensor([1, 2])
+    a = g(x, t, img, torch.randn(2, 8))
+    b = g(x, t, img, torch.randn(2, 8))
+    assert (a - b).abs().max() > 1e-3                       # z matters
+    assert torch.equal(g(x, t, img, None), g(x, t, img, None))  # z = None is z = 0: deterministic
+    assert torch.allclose(g(x, t, img, None), g(x, t, img, torch.zeros(2, 8)))
+
+
+def test_image_and_time_condition_the_output():
+    torch.manual_seed(0)
+    g = tiny_g()
+    _perturb(g)
+    x, img, z = torch.randn(1, 1, 16, 16), torch.randn(1, 3, 16, 16), torch.randn(1, 8)
+    base = g(x, torch.tensor([0]), img, z)
+    assert (g(x, torch.tensor([0]), img + 1, z) - base).abs().max() > 1e-3
+    assert (g(x, torch.tensor([2]), img, z) - base).abs().max() > 1e-3
+
+
+def test_adagn_starts_as_plain_groupnorm():
+    torch.manual_seed(0)
+    norm = AdaptiveGroupNorm(2, 4, style_dim=6)
+    assert torch.equal(norm.style.bias[:4], torch.ones(4)) and torch.equal(norm.style.bias[4:], torch.zeros(4))
+    h = torch.randn(3, 4, 5, 5)
+    out = norm(h, torch.zeros(3, 6))                # zero style -> gamma = 1, beta = 0
+    # independent GroupNorm: groups of 2 channels, biased variance, eps 1e-6
+    g = h.reshape(3, 2, -1)
+    ref = ((g - g.mean(-1, keepdim=True)) / torch.sqrt(g.var(-1, unbiased=False, keepdim=True) + 1e-6)).reshape_as(h)
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_mapping_network_pixelnorm_and_shape():
+    m = MappingNetwork(nz=5, z_emb_dim=7, n_mlp=2)
+    z = torch.randn(4, 5)
+    assert m(z).shape == (4, 7)
+    assert torch.allclose(m(z), m(z * 3.0), atol=1e-5)     # PixelNorm makes the style scale-invariant in z
+    with pytest.raises(ValueError, match=r"\(B, 5\)"):
+        m(torch.randn(4, 6))
+
+
+def test_timestep_embedding_hand_values():
+    e = timestep_embedding(torch.tensor([0, 1]), 4)       # freqs: 1, 1/10000
+    assert torch.allclose(e[0], torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    assert torch.allclose(e[1], torch.tensor([math.sin(1), math.sin(1e-4), math.cos(1), math.cos(1e-4)]), atol=1e-6)
+
+
+def test_fir_filters_preserve_constants_and_sizes():
+    x = torch.full((1, 2, 8, 8), 3.0)
+    d, u = fir_downsample(x), fir_upsample(x)
+    assert d.shape == (1, 2, 4, 4) and u.shape == (1, 2, 16, 16)
+    assert torch.allclose(d[..., 1:-1, 1:-1], torch.full_like(d[..., 1:-1, 1:-1], 3.0))   # interior: unit gain
+    assert torch.allclose(u[..., 2:-2, 2:-2], torch.full_like(u[..., 2:-2, 2:-2], 3.0))
+    # hand-computed 1-D: [1,3,3,1]/8 on an impulse at position 2 of 8, down by 2 (pad 1): taps at outputs 0..2
+    imp = torch.zeros(1, 1, 8, 8)
+    imp[0, 0, 2, 2] = 1.0
+    dd = fir_downsample(imp)[0, 0]
+    k = torch.tensor([1.0, 3.0, 3.0, 1.0]) / 8
+    # output i covers padded inputs 2i..2i+3, i.e. original 2i-1..2i+2; impulse at 2 -> i=0 gets k[3], i=1 gets k[1]
+    assert dd[1, 1].item() == pytest.approx((k[1] * k[1]).item())
+    assert dd[0, 0].item() == pytest.approx((k[3] * k[3]).item())
+
+
+def test_bad_inputs_raise():
+    g = tiny_g()
+    with pytest.raises(ValueError, match="divisible"):
+        g(torch.randn(1, 1, 15, 16), torch.tensor([0]), torch.randn(1, 3, 15, 16))
+    with pytest.raises(ValueError, match="channels"):
+        g(torch.randn(1, 2, 16, 16), torch.tensor([0]), torch.randn(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="image"):
+        g(torch.randn(1, 1, 16, 16), torch.tensor([0]), torch.randn(1, 1, 16, 16))
+
+
+# method.md §1.9, measured from the official model classes
+PAPER_COUNTS = {"monuseg": (41_666_753, 372_352, 3, 1), "cxr": (8_843_777, 112_064, 1, 1),
+                "hippocampus": (3_682_275, 112_064, 1, 3)}
+
+
+@pytest.mark.parametrize("dataset", ["monuseg", "cxr", "hippocampus"])
+def test_paper_generator_parameter_counts(dataset):
+    want_g, want_enc, image_ch, label_ch = PAPER_COUNTS[dataset]
+    g = build_generator(CDALConfig.for_preset("paper", dataset), label_ch, image_ch)
+    assert abs(g.num_parameters() - want_g) / want_g < 0.01
+    enc = sum(p.numel() for p in g.encoder.parameters())
+    assert abs(enc - want_enc) / want_enc < 0.01
+    assert isinstance(g.encoder, ImageEncoder)
+    want_map = 56_064 if dataset == "hippocampus" else 223_232
+    assert sum(p.numel() for p in g.mapping.parameters()) == want_map
