@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     g = t.add_argument_group("cDAL options")
     g.add_argument("--timesteps", type=int, choices=[1, 2, 3, 4, 5, 6, 8])
     g.add_argument("--ensemble", type=int)
-    g.add_argument("--attn-scale", type=int, choices=[4, 8, 16], help="D stage = 1/4, 1/8 or 1/16 of the input")
+    g.add_argument("--attn-scale", type=int, choices=[2, 4, 8, 16], help="D stage = 1/2 (hippocampus), 1/4, 1/8 or 1/16 of the input")
     g.add_argument("--attn-norm", choices=["raw", "minmax"])
     g.add_argument("--no-latent", action="store_true", help="ablation: z = 0")
     g.add_argument("--no-attention", action="store_true", help="ablation: A_D = 1")

@@ -155,7 +155,7 @@ def fit(method: SegMethod, train_cases: Sequence[Case], val_cases: Sequence[Case
                     where = f"{last_path} (step {history.last_step})" if last_path and last_path.is_file() else "none written yet"
                     raise TrainingDiverged(
                         f"{cfg.method} step {step}: loss '{name}' = {value} is not finite. Last good checkpoint: {where}. "
-                        f"Lower the learning rate (now {tc.lr}) or check the data; resume with --resume.")
+                        f"Lower the method's learning rate(s) (see the model config) or check the data; resume with --resume.")
             history.last_step = step
             history.seconds = time.perf_counter() - clock0
             if step % tc.log_every == 0 or step == 1:
