@@ -1,0 +1,21 @@
+"""The TextDiff benchmark script runs (tiny mode) and reports every figure of its table."""
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "textdiff.py"
+
+
+def test_benchmark_tiny_mode_runs(capsys):
+    spec = importlib.util.spec_from_file_location("bench_textdiff", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--tiny"])
+    out = capsys.readouterr().out
+    assert len(rows) == 1 and rows[0]["preset"] == "smoke"
+    row = rows[0]
+    for key in ("ddpm_s_per_step", "extract_s_per_image", "train_s_per_step", "predict_s_per_image", "peak_rss_mb"):
+        assert math.isfinite(row[key]) and row[key] > 0, key
+    assert "extract_s_per_image" in out and "projected whole 5-image MoNuSeg run" in out
