@@ -33,6 +33,21 @@ def to_display(image: np.ndarray) -> np.ndarray:
     return np.clip(image, 0, 1)
 
 
+def to_hwc(image: Any) -> np.ndarray:
+    """An image for ``imshow`` from a numpy array or (any-device) tensor: ``(C, H, W)``, ``(H, W, C)`` or
+    ``(H, W)`` -> ``(H, W, 3)`` float in [0, 1]."""
+    if hasattr(image, "detach"):
+        image = image.detach().float().cpu().numpy()
+    a = np.asarray(image).astype(np.float32)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=-1)
+    elif a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
+        a = np.moveaxis(a, 0, -1)
+    if a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    return np.clip(a, 0.0, 1.0)
+
+
 def show_image(ax: plt.Axes, image: np.ndarray, title: str | None = None) -> None:
     img = to_display(image)
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)

@@ -26,6 +26,8 @@ from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+
+from . import to_hwc as _rgb
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -61,18 +63,6 @@ def _map2d(x: Any) -> np.ndarray:
     if a.ndim != 2:
         raise ValueError(f"expected a single-channel map (H, W), got shape {a.shape}")
     return a
-
-
-def _rgb(image: Any) -> np.ndarray:
-    """(C, H, W) / (H, W, C) / (H, W) in [0, 1] -> (H, W, 3) for imshow."""
-    a = _np(image).astype(np.float32)
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=-1)
-    elif a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
-        a = np.moveaxis(a, 0, -1)
-    if a.shape[-1] == 1:
-        a = np.repeat(a, 3, axis=-1)
-    return np.clip(a, 0.0, 1.0)
 
 
 def _off(ax: plt.Axes) -> None:

@@ -19,6 +19,8 @@ from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+
+from . import to_hwc  # noqa: F401  (re-exported: used below and by the notebooks)
 from matplotlib.figure import Figure
 
 __all__ = [
@@ -42,18 +44,6 @@ def _np(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().float().cpu().numpy()
     return np.asarray(x)
-
-
-def to_hwc(image: Any) -> np.ndarray:
-    """An image for ``imshow``: ``(C, H, W)`` or ``(H, W, C)`` or ``(H, W)`` -> ``(H, W, 3)`` in [0, 1]."""
-    a = _np(image).astype(np.float32)
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=-1)
-    elif a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
-        a = np.moveaxis(a, 0, -1)
-    if a.shape[-1] == 1:
-        a = np.repeat(a, 3, axis=-1)
-    return np.clip(a, 0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------
