@@ -579,7 +579,7 @@ class CDALMethod(SegMethod):
         return {}
 
     @classmethod
-    def train_overrides(cls, preset: str, dataset: str) -> dict[str, Any]:
+    def train_overrides(cls, preset: str, dataset: str, model: Any = None) -> dict[str, Any]:
         """Longer ``cpu`` runs than the shared default (a cDAL step is cheap but it needs many of them)."""
         if preset == "cpu":
             return {"steps": 6000, "val_every": 250, "log_every": 25, "max_minutes": 15.0}

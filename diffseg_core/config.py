@@ -187,13 +187,13 @@ def get_config(
     preset = resolve_preset(preset)
     cls = get_method_class(method)
     data = replace(data_config(dataset, preset), **cls.data_overrides(preset, dataset))
-    train = replace(TrainConfig(**_TRAIN[preset]), **cls.train_overrides(preset, dataset))
     model = cls.default_config(preset, dataset)
     if model_overrides:
         unknown = set(model_overrides) - {f.name for f in fields(model)}
         if unknown:
             raise ValueError(f"unknown {method} option(s) {sorted(unknown)}; known: {[f.name for f in fields(model)]}")
         model = replace(model, **model_overrides)
+    train = replace(TrainConfig(**_TRAIN[preset]), **cls.train_overrides(preset, dataset, model))
     return RunConfig(method=method, dataset=dataset, preset=preset, seed=seed, data=data, train=train,
                      model=asdict(model) if is_dataclass(model) else dict(model))
 

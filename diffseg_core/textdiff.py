@@ -310,9 +310,11 @@ class TextDiffMethod(SegMethod):
                     overlap=0.0)
 
     @classmethod
-    def train_overrides(cls, preset: str, dataset: str) -> dict[str, Any]:
-        """Steps = epochs x images / batch; validation every 5 epochs (smoke: every epoch); lr as the model's."""
-        mc = TextDiffConfig.for_preset(preset, dataset)
+    def train_overrides(cls, preset: str, dataset: str, model: Any = None) -> dict[str, Any]:
+        """Steps = epochs x images / batch; validation every 5 epochs (smoke: every epoch); lr as the model's.
+
+        ``model`` (the final config, e.g. with ``--train-images 10``) sets epochs and images when given."""
+        mc = model if model is not None else TextDiffConfig.for_preset(preset, dataset)
         per_epoch = max(1, -(-mc.train_images // mc.batch_size))
         every = 1 if preset == "smoke" else 5
         minutes = {"smoke": 2.0, "cpu": 12.0, "gpu": 30.0}.get(preset)

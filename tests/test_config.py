@@ -40,3 +40,11 @@ def test_override_and_unknown_options():
         get_config("unet", "synthetic", "smoke", attn_scale=8)
     with pytest.raises(ValueError, match="unknown method"):
         get_config("segformer", "synthetic", "smoke")
+
+
+def test_train_settings_follow_model_overrides():
+    """``--train-images`` changes the step count (epochs x images / batch), not only the model config."""
+    base = get_config("textdiff", "monuseg", "cpu")
+    more = get_config("textdiff", "monuseg", "cpu", train_images=2 * base.model["train_images"])
+    assert more.model["train_images"] == 2 * base.model["train_images"]
+    assert more.train.steps > base.train.steps

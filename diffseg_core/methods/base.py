@@ -59,8 +59,10 @@ class SegMethod:
         return {}
 
     @classmethod
-    def train_overrides(cls, preset: str, dataset: str) -> dict[str, Any]:
-        """Changes to :class:`~diffseg_core.config.TrainConfig` (steps, lr, ...) for this method."""
+    def train_overrides(cls, preset: str, dataset: str, model: Any = None) -> dict[str, Any]:
+        """Changes to :class:`~diffseg_core.config.TrainConfig` (steps, lr, ...) for this method.
+
+        ``model`` is the final model dataclass (after user overrides such as ``--train-images``)."""
         return {}
 
     # ---- life cycle ----------------------------------------------------------------------
