@@ -55,12 +55,13 @@ Choices against the official code (each also stated where it applies):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from .config import model_config_from_dict
 from .discriminator import TimeConditionedDiscriminator, d_logistic_loss, r1_penalty, spatial_attention
 from .generator import ConditionalGenerator
 from .methods.base import DatasetInfo, SegMethod
@@ -148,11 +149,8 @@ class CDALConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CDALConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"cdal: unknown option(s) {sorted(unknown)}")
-        return cls(**d)
+        """From ``RunConfig.model`` (unknown keys raise)."""
+        return model_config_from_dict(cls, d, "cdal")
 
     @classmethod
     def for_preset(cls, preset: str, dataset: str) -> "CDALConfig":

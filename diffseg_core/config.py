@@ -189,13 +189,25 @@ def get_config(
     data = replace(data_config(dataset, preset), **cls.data_overrides(preset, dataset))
     model = cls.default_config(preset, dataset)
     if model_overrides:
-        unknown = set(model_overrides) - {f.name for f in fields(model)}
-        if unknown:
-            raise ValueError(f"unknown {method} option(s) {sorted(unknown)}; known: {[f.name for f in fields(model)]}")
+        check_model_options(type(model), model_overrides, method)
         model = replace(model, **model_overrides)
     train = replace(TrainConfig(**_TRAIN[preset]), **cls.train_overrides(preset, dataset, model))
     return RunConfig(method=method, dataset=dataset, preset=preset, seed=seed, data=data, train=train,
                      model=asdict(model) if is_dataclass(model) else dict(model))
+
+
+def check_model_options(model_cls: type, names: Any, method: str) -> None:
+    """Raise a ``ValueError`` naming every key of ``names`` that is not a field of ``model_cls``."""
+    known = [f.name for f in fields(model_cls)]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(f"{method}: unknown option(s) {unknown}; known: {known}")
+
+
+def model_config_from_dict(model_cls: type, d: dict[str, Any], method: str) -> Any:
+    """Rebuild a method's model dataclass from ``RunConfig.model`` (JSON lists back to tuples; unknown keys raise)."""
+    check_model_options(model_cls, d, method)
+    return model_cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
 
 def override(cfg: RunConfig, **changes: Any) -> RunConfig:

@@ -21,7 +21,7 @@ RGB-trained model, a quirk we do not copy).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import model_config_from_dict
 from .cross_attention import MultiScaleCrossModalFusion
 from .features import (BACKBONE_FILE, DDPM_TRAINING, DiffusionFeatureExtractor, FeatureCache, image_key,
                        load_backbone, pretrain_ddpm, select_blocks_by_resolution)
@@ -137,11 +138,7 @@ class TextDiffConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TextDiffConfig":
         """From ``RunConfig.model`` (lists back to tuples; unknown keys raise)."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown textdiff option(s) {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+        return model_config_from_dict(cls, d, "textdiff")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def test_override_and_unknown_options():
     assert cfg.train.steps == 3 and cfg.data.crop == 16
     with pytest.raises(ValueError, match="unknown setting"):
         override(cfg, **{"train.nope": 1})
-    with pytest.raises(ValueError, match="unknown unet option"):
+    with pytest.raises(ValueError, match="unet: unknown option"):
         get_config("unet", "synthetic", "smoke", attn_scale=8)
     with pytest.raises(ValueError, match="unknown method"):
         get_config("segformer", "synthetic", "smoke")

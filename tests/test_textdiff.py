@@ -76,7 +76,7 @@ def test_presets_and_overrides():
     assert cfg.train.steps == mc.epochs * mc.train_images // mc.batch_size
     cfg = get_config("textdiff", "monuseg", "cpu", use_text=False, shuffle_text=True, train_images=3)
     assert cfg.model["use_text"] is False and cfg.model["train_images"] == 3
-    with pytest.raises(ValueError, match="unknown textdiff option"):
+    with pytest.raises(ValueError, match="textdiff: unknown option"):
         TextDiffConfig.from_dict({"nope": 1})
 
 

@@ -14,6 +14,7 @@ import torch
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
+from ..config import model_config_from_dict
 from .base import DatasetInfo, SegMethod
 
 
@@ -44,7 +45,7 @@ class UNetMethod(SegMethod):
 
     def __init__(self, cfg: Any, info: DatasetInfo, device: torch.device) -> None:
         super().__init__(cfg, info, device)
-        mc = UNetConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.model.items()})
+        mc = model_config_from_dict(UNetConfig, cfg.model, "unet")
         self.model_cfg = mc
         net = UNet(spatial_dims=2, in_channels=info.in_channels, out_channels=info.num_classes,
                    channels=mc.channels, strides=(2,) * (len(mc.channels) - 1),
