@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffseg_core.cdal import CDALConfig, build_generator, ddpm_sample_same_net, sample_cdal  # noqa: E402
-from diffseg_core.config import get_config  # noqa: E402
+from diffseg_core.methods import get_config  # noqa: E402
 from diffseg_core.device import describe_device, pick_device, seed_everything  # noqa: E402
 from diffseg_core.schedule import vp_schedule  # noqa: E402
 

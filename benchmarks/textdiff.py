@@ -31,9 +31,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffseg_core.config import get_config  # noqa: E402
+from diffseg_core.methods import get_config  # noqa: E402
 from diffseg_core.device import accelerator_available, describe_device, pick_device  # noqa: E402
-from diffseg_core.features import (DDPM_TRAINING, DiffusionFeatureExtractor, build_backbone,  # noqa: E402
+from diffseg_core.textdiff import (DDPM_TRAINING, DiffusionFeatureExtractor, build_backbone,  # noqa: E402
                                    select_blocks_by_resolution)
 from diffseg_core.textdiff import TextDiffConfig, TextDiffModel, ce_dice_loss  # noqa: E402
 

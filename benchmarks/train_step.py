@@ -32,10 +32,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffseg_core.config import get_config  # noqa: E402
+from diffseg_core.methods import get_config  # noqa: E402
 from diffseg_core.device import accelerator_available, describe_device, pick_device, seed_everything  # noqa: E402
 from diffseg_core.methods import get_method_class  # noqa: E402
-from diffseg_core.methods.base import DatasetInfo  # noqa: E402
+from diffseg_core.data import DatasetInfo  # noqa: E402
 
 CPU_TARGET_S = 0.25
 INFO = {
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     for preset in presets:
         if preset in ("gpu", "paper") and not has_acc:
             print(f"skipped preset {preset}: no accelerator on this machine (one {preset} step on 2 CPU threads takes "
-                  f"seconds to minutes; method.md §6 measured ~7.6 s for one paper-size G forward)")
+                  f"seconds to minutes; the official paper-size G takes ~7.6 s per forward, book/decisions.md)")
             continue
         cd = time_steps("cdal", args.dataset, preset, device, args.repeats, args.warmup, args.batch)
         un = time_steps("unet", args.dataset, preset, device, args.repeats, args.warmup, args.batch)

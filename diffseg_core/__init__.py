@@ -1,15 +1,18 @@
 """diffseg_core: the thin library under the diffseg book.
 
-One module per idea (see ``../shared/design/style.md``):
+One package per paper and shared infrastructure around them (the book's page "How the code is
+organised", ``book/code.md``, draws the layers):
 
-* ``config`` (presets ``smoke``/``cpu``/``gpu``/``paper``/``auto``), ``device`` (device choice, seeding);
+* ``config`` (dataclasses and presets ``smoke``/``cpu``/``gpu``/``paper``/``auto``; a leaf), ``device``
+  (device choice, seeding), ``checkpoint`` (atomic files), ``metrics`` (Dice/IoU/precision/recall, per image
+  and pooled), ``schedule`` (noise schedules, forward process and posterior, shared by both papers);
 * ``data`` (real loaders for MoNuSeg, chest X-ray lungs, MSD Hippocampus, QaTa-COV19; synthetic stand-ins;
-  MONAI transforms and training batches), ``metrics`` (Dice/IoU/precision/recall, per-image and pooled);
-* ``train`` (the one training loop), ``evaluate`` (sliding-window inference and scoring), ``checkpoint``;
-* cDAL: ``schedule``, ``generator``, ``discriminator``, ``cdal``;
-* TextDiff: ``features``, ``text``, ``cross_attention``, ``textdiff``;
-* ``methods`` (the registry and the U-Net baseline), ``plots``, ``notebook`` (chapter set-up helpers),
-  ``pipeline`` (the main job), ``cli`` (``python -m diffseg_core``).
+  MONAI training batches), ``plots`` (every figure);
+* ``methods`` (the socket every method plugs into, the registry, ``get_config`` and the U-Net baseline);
+* ``cdal`` (Part II: generator, discriminator, Algorithms 1-2, the method) and ``textdiff`` (Part III:
+  backbone, features, text encoders, cross-attention, head, the method);
+* ``train`` (the one training loop), ``evaluate`` (sliding-window inference, scoring, result rows);
+* ``notebook`` (chapter set-up helpers), ``book`` (the main job) and ``cli`` (``python -m diffseg_core``).
 """
 
 __version__ = "0.1.0"

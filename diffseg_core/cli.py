@@ -17,57 +17,49 @@ import os
 import sys
 from pathlib import Path
 
-# CLI flag -> field of the method's model dataclass (only flags the user actually passes are applied)
-_MODEL_FLAGS = {
-    "timesteps": "timesteps", "ensemble": "ensemble", "attn_scale": "attn_scale", "attn_norm": "attn_norm",
-    "no_latent": ("use_latent", False), "no_attention": ("use_attention", False),
-    "train_images": "train_images", "text_encoder": "text_encoder", "backbone": "backbone",
-    "no_text": ("use_text", False), "text_no_xattn": ("use_xattn", False), "shuffle_text": ("shuffle_text", True),
-}
-
 
 def _parser() -> argparse.ArgumentParser:
+    from .config import DATASETS, PRESETS
+    from .data import SPLITS
+    from .methods import METHODS, get_method_class
+
     p = argparse.ArgumentParser(prog="python -m diffseg_core", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a method and write a run folder")
-    t.add_argument("--method", required=True, choices=["unet", "cdal", "textdiff"])
-    t.add_argument("--dataset", required=True, choices=["monuseg", "cxr", "hippocampus", "qata", "synthetic"])
+    t.add_argument("--method", required=True, choices=METHODS)
+    t.add_argument("--dataset", required=True, choices=DATASETS)
     t.add_argument("--data", default=os.environ.get("DIFFSEG_DATA", ""),
                    help="dataset folder (or a root holding it); not needed for --dataset synthetic")
     t.add_argument("--preset", default=os.environ.get("DIFFSEG_PRESET", "auto"),
-                   choices=["smoke", "cpu", "gpu", "paper", "auto"])
+                   choices=(*PRESETS, "auto"))
     t.add_argument("--out", required=True, help="run folder (created)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     t.add_argument("--steps", type=int, help="override the preset's number of training steps")
     t.add_argument("--minutes", type=float, help="wall-clock training budget in minutes (overrides the preset)")
     t.add_argument("--no-progress", action="store_true")
-    g = t.add_argument_group("cDAL options")
-    g.add_argument("--timesteps", type=int, choices=[1, 2, 3, 4, 5, 6, 8])
-    g.add_argument("--ensemble", type=int)
-    g.add_argument("--attn-scale", type=int, choices=[2, 4, 8, 16], help="D stage = 1/2 (hippocampus), 1/4, 1/8 or 1/16 of the input")
-    g.add_argument("--attn-norm", choices=["raw", "minmax"])
-    g.add_argument("--no-latent", action="store_true", help="ablation: z = 0")
-    g.add_argument("--no-attention", action="store_true", help="ablation: A_D = 1")
-    g = t.add_argument_group("TextDiff options")
-    g.add_argument("--train-images", type=int)
-    g.add_argument("--text-encoder", choices=["clinical", "minilm"])
-    g.add_argument("--backbone", help="path of a diffusion U-Net checkpoint to use instead of pretraining one")
-    g.add_argument("--no-text", action="store_true", help="ablation zeta_1: no text, no cross-attention")
-    g.add_argument("--text-no-xattn", action="store_true", help="ablation zeta_2: pooled text concatenated per pixel")
-    g.add_argument("--shuffle-text", action="store_true", help="sentences permuted across images")
+    for name in METHODS:  # each method declares its own options (diffseg_core.methods.base.MethodOption)
+        options = get_method_class(name).cli_options
+        if not options:
+            continue
+        g = t.add_argument_group(f"{name} options")
+        for o in options:
+            if o.is_switch:
+                g.add_argument(o.flag, dest=o.dest, action="store_true", help=o.help)
+            else:
+                g.add_argument(o.flag, dest=o.dest, type=o.type, choices=o.choices, metavar=o.metavar, help=o.help)
 
     e = sub.add_parser("evaluate", help="score a trained run on a dataset folder")
     e.add_argument("--run", required=True)
     e.add_argument("--data", default=os.environ.get("DIFFSEG_DATA", ""))
-    e.add_argument("--split", default="test", choices=["test", "val", "train", "all"])
+    e.add_argument("--split", default="test", choices=(*SPLITS, "all"))
     e.add_argument("--json", required=True, help="where to write the metrics")
     e.add_argument("--checkpoint", default="best", choices=["best", "last"])
 
     b = sub.add_parser("book", help="the main job: run every notebook with papermill, then build the book")
-    b.add_argument("--preset", default=os.environ.get("DIFFSEG_PRESET", "auto"))
+    b.add_argument("--preset", default=os.environ.get("DIFFSEG_PRESET", "auto"), choices=(*PRESETS, "auto"))
     b.add_argument("--data", default=os.environ.get("DIFFSEG_DATA", ""))
     b.add_argument("--out", default="_build")
     b.add_argument("--only", nargs="*", help="run only these notebooks (name prefixes), then build")
@@ -77,15 +69,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _model_overrides(args: argparse.Namespace) -> dict:
+    """The model-config fields set by the options the user actually passed; an option of another method is an error."""
+    from .methods import METHODS, get_method_class
+
     out = {}
-    for flag, target in _MODEL_FLAGS.items():
-        value = getattr(args, flag, None)
-        if value in (None, False):
-            continue
-        if isinstance(target, tuple):
-            out[target[0]] = target[1]
-        else:
-            out[target] = value
+    for name in METHODS:
+        for o in get_method_class(name).cli_options:
+            value = getattr(args, o.dest, None)
+            if value in (None, False):
+                continue
+            if name != args.method:
+                raise ValueError(f"{o.flag} is a {name} option; it does not apply to --method {args.method}")
+            out[o.field] = o.const if o.is_switch else value
     return out
 
 
@@ -105,7 +100,8 @@ def _load_data(name: str, data: str, cfg, seed: int):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import get_config, override
+    from .config import override
+    from .methods import get_config
     from .train import run_training
 
     cfg = get_config(args.method, args.dataset, args.preset, seed=args.seed, **_model_overrides(args))
@@ -123,7 +119,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint, write_json
     from .config import RunConfig
     from .device import describe_device
-    from .evaluate import describe_protocol, evaluate_cases
+    from .evaluate import describe_protocol, evaluate_cases, result_row
     from .train import load_run
 
     run_dir = Path(args.run)
@@ -143,15 +139,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               "data": str(dataset.root) if dataset.root else "synthetic", "data_source": dataset.source,
               **scores, "device": describe_device(method.device), "run": str(run_dir),
               "train_seconds": run_info.get("train_seconds"), "steps_done": run_info.get("steps_done")}
+    # the results-table row, as the chapters build theirs (diffseg_core.evaluate.result_row)
+    result["row"] = row = result_row(cfg.method, scores, dataset.source, train_time_s=run_info.get("train_seconds"),
+                                     steps=run_info.get("steps_done"))
     write_json(result, args.json)
-    print(f"{cfg.method} on {dataset.name}/{args.split}: Dice {scores['dice_mean']:.4f} (per-image mean), "
-          f"{scores['dice_global']:.4f} (global); IoU {scores['iou_mean']:.4f} / {scores['iou_global']:.4f}; "
-          f"{scores['n_images']} {'volumes' if volumes else 'images'} -> {args.json}")
+    print(f"{row['model']} on {dataset.name}/{args.split}: Dice {row['dice_mean']:.4f} (per-image mean), "
+          f"{row['dice_global']:.4f} (global); IoU {row['iou_mean']:.4f} / {row['iou_global']:.4f}; "
+          f"{row['n_images']} {'volumes' if volumes else 'images'} -> {args.json}")
     return 0
 
 
 def cmd_book(args: argparse.Namespace) -> int:
-    from .pipeline import run_main_job
+    from .book import run_main_job
 
     return run_main_job(preset=args.preset, data_root=args.data, out=args.out, only=args.only,
                         build=not args.no_build, timeout=args.timeout)

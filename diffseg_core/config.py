@@ -1,7 +1,8 @@
-"""One configuration system for every method, dataset and preset.
+"""One configuration system for every method, dataset and preset: dataclasses and preset tables.
 
+This module is a leaf: it imports nothing from the methods, the data layer or the papers' packages.
 A run is described by a :class:`RunConfig` (data, training loop, method-specific model options). It is
-built by :func:`get_config` from three names:
+built by :func:`diffseg_core.methods.get_config` (beside the method registry) from three names:
 
 * ``preset``: ``smoke`` (seconds, for tests), ``cpu`` (minutes on 2 CPU cores), ``gpu`` (one GPU, under
   an hour per notebook), ``paper`` (the papers' hyper-parameters) or ``auto`` (``gpu`` when an accelerator
@@ -14,17 +15,14 @@ always be traced back to the exact settings that produced it.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .device import accelerator_available
 
 PRESETS: tuple[str, ...] = ("smoke", "cpu", "gpu", "paper")
-DATASETS: tuple[str, ...] = ("monuseg", "cxr", "hippocampus", "qata", "synthetic")
-METHODS: tuple[str, ...] = ("unet", "cdal", "textdiff")
 
 
 def resolve_preset(preset: str | None = None) -> str:
@@ -62,19 +60,20 @@ class DataConfig:
     synthetic_cases: int = 24
     synthetic_size: int = 256
     hippocampus_max_volumes: int | None = None
-    num_workers: int = 0
 
 
 @dataclass
 class TrainConfig:
-    """The single training loop's settings (see :mod:`diffseg_core.train`)."""
+    """The single training loop's settings (see :mod:`diffseg_core.train`).
+
+    Learning rates are not here: each method owns its optimisers and reads its rates from its own model
+    config (cDAL ``lr_g``/``lr_d``, TextDiff ``lr``, U-Net ``lr``).
+    """
 
     steps: int = 1000
     val_every: int = 100
     log_every: int = 10
     max_minutes: float | None = None
-    lr: float = 1e-3
-    grad_clip: float | None = None
 
 
 @dataclass
@@ -118,10 +117,11 @@ def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# Data presets per dataset. Choices follow method.md §1.7 (paper) and §6 (small CPU scale):
-# MoNuSeg keeps the 512 working scale so nuclei stay 10-15 px wide, and trains on crops.
+# Data presets per dataset: the official pipelines at ``paper`` (book/decisions.md, D20) and smaller
+# settings for small CPU scale. MoNuSeg keeps the 512 working scale so nuclei stay 10-15 px wide, and
+# trains on crops.
 # --------------------------------------------------------------------------------------------
-_DATA: dict[str, dict[str, dict[str, Any]]] = {
+DATA_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "monuseg": {
         "smoke": dict(working_size=128, crop=32, batch_size=4, max_train_cases=2, max_eval_cases=1, overlap=0.0),
         "cpu": dict(working_size=512, crop=64, batch_size=8, overlap=0.0),
@@ -154,7 +154,7 @@ _DATA: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
-_TRAIN: dict[str, dict[str, Any]] = {
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(steps=6, val_every=3, log_every=1, max_minutes=1.0),
     "cpu": dict(steps=1500, val_every=100, log_every=10, max_minutes=8.0),
     "gpu": dict(steps=20000, val_every=500, log_every=50, max_minutes=50.0),
@@ -162,38 +162,15 @@ _TRAIN: dict[str, dict[str, Any]] = {
 }
 
 
+#: every dataset name the loaders and presets know (``synthetic`` is the offline default)
+DATASETS: tuple[str, ...] = tuple(DATA_PRESETS)
+
+
 def data_config(dataset: str, preset: str) -> DataConfig:
     """The :class:`DataConfig` of a dataset at a (resolved) preset."""
-    if dataset not in _DATA:
+    if dataset not in DATA_PRESETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    return DataConfig(**_DATA[dataset][resolve_preset(preset)])
-
-
-def get_config(
-    method: str = "unet",
-    dataset: str = "synthetic",
-    preset: str | None = "auto",
-    seed: int = 0,
-    **model_overrides: Any,
-) -> RunConfig:
-    """Build the full :class:`RunConfig` for ``method`` on ``dataset`` at ``preset``.
-
-    The method contributes its own model dataclass (``default_config``) and may adjust the data and
-    training settings (``data_overrides``/``train_overrides``); ``model_overrides`` replace fields of
-    the model dataclass (unknown names raise).
-    """
-    from .methods import get_method_class
-
-    preset = resolve_preset(preset)
-    cls = get_method_class(method)
-    data = replace(data_config(dataset, preset), **cls.data_overrides(preset, dataset))
-    model = cls.default_config(preset, dataset)
-    if model_overrides:
-        check_model_options(type(model), model_overrides, method)
-        model = replace(model, **model_overrides)
-    train = replace(TrainConfig(**_TRAIN[preset]), **cls.train_overrides(preset, dataset, model))
-    return RunConfig(method=method, dataset=dataset, preset=preset, seed=seed, data=data, train=train,
-                     model=asdict(model) if is_dataclass(model) else dict(model))
+    return DataConfig(**DATA_PRESETS[dataset][resolve_preset(preset)])
 
 
 def check_model_options(model_cls: type, names: Any, method: str) -> None:
@@ -221,7 +198,7 @@ def override(cfg: RunConfig, **changes: Any) -> RunConfig:
             cfg.model[name] = value
         else:
             sub = getattr(cfg, section)
-            if name not in {f.name for f in dataclasses.fields(sub)}:
+            if name not in {f.name for f in fields(sub)}:
                 raise ValueError(f"unknown setting {key!r}")
             setattr(cfg, section, replace(sub, **{name: value}))
     return cfg

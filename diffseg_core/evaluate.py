@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from .data.base import Case
-from .methods.base import SegMethod
+from .data import Case
+from .methods import SegMethod
 from .metrics import segmentation_scores
 
 
@@ -88,3 +88,33 @@ def describe_protocol(cfg, split: str, n_images: int, checkpoint: str, volumes: 
     return (f"{cfg.method} on {cfg.dataset} ({size}; sliding-window tiles of {cfg.data.crop} px, overlap "
             f"{cfg.data.overlap}); {split} split, {n_images} {unit}; checkpoint: {checkpoint}; Dice/IoU as "
             f"per-{unit[:-1]} means (*_mean) and pooled over {unit} (*_global); preset {cfg.preset}, seed {cfg.seed}.")
+
+
+def result_row(model: str, scores: dict[str, Any], data: str, history: Any = None, protocol: str | None = None,
+               **extra: Any) -> dict[str, Any]:
+    """One row of a results table, the same for the CLI's JSON and every chapter.
+
+    ``scores`` is what :func:`evaluate_cases` returned; ``data`` says where the images came from ("real",
+    "synthetic"); ``history`` (optional) is the loop's :class:`~diffseg_core.train.History`. The row holds the
+    per-image means and the pooled values of Dice and IoU, seconds per image, the training time and steps
+    when known, and the protocol sentence (``protocol``, else ``scores["protocol"]``), which every row must
+    carry. ``extra`` columns are appended.
+    """
+    row: dict[str, Any] = {"model": model, "data": data}
+    for key in ("dice_mean", "iou_mean", "dice_global", "iou_global", "n_images"):
+        row[key] = scores[key]
+    if "seconds_per_image" in scores:
+        row["s / image"] = round(float(scores["seconds_per_image"]), 3)
+    if history is not None:
+        row["train time (s)"] = round(float(history.seconds), 1)
+        row["steps"] = int(history.last_step)
+    row.update(extra)
+    row["protocol"] = protocol if protocol is not None else scores.get("protocol", "")
+    if not row["protocol"]:
+        raise ValueError(f"result_row({model!r}): every result needs its protocol sentence")
+    return row
+
+
+def paper_row(model: str, dice: float, iou: float | None, protocol: str, source: str = "paper") -> dict[str, Any]:
+    """A published number beside ours: per-image mean Dice/IoU as the paper reports them, quoted, not computed."""
+    return {"model": model, "data": source, "dice_mean": dice, "iou_mean": iou, "protocol": protocol}

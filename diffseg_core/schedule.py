@@ -1,6 +1,6 @@
-"""Noise schedules, the forward process and the DDPM posterior (cDAL Eq. 1-3; method.md §1.1-1.2).
+"""Noise schedules, the forward process and the DDPM posterior (cDAL Eq. 1-3; book/decisions.md).
 
-Time indexing (method.md §1.1, decision D13)
+Time indexing (book/decisions.md, decision D13)
 --------------------------------------------
 We keep the official code's indexing, which is off by one from the paper:
 
@@ -36,13 +36,12 @@ All tables are float32 tensors on the CPU; :meth:`Schedule.to` moves them. Every
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 
 import torch
 
 __all__ = [
-    "Schedule", "vp_schedule", "ddpm_linear_schedule", "extract", "q_sample", "q_sample_pairs",
+    "Schedule", "vp_schedule", "linear_betas", "ddpm_linear_schedule", "extract", "q_sample", "q_sample_pairs",
     "posterior_mean_variance", "sample_posterior",
 ]
 
@@ -118,7 +117,7 @@ def _from_betas(betas_1_to_T: torch.Tensor, name: str) -> Schedule:
 
 
 def vp_schedule(T: int, beta_min: float = 0.1, beta_max: float = 20.0, eps: float = 1e-3) -> Schedule:
-    """The discretised VP-SDE schedule of DDGAN/cDAL (method.md §1.2).
+    """The discretised VP-SDE schedule of DDGAN/cDAL (book/decisions.md).
 
     ``tau_k = eps + (1 - eps) k / T`` for k = 0..T,
     ``abar(tau) = exp(-0.5 tau^2 (beta_max - beta_min) - tau beta_min)``,
@@ -134,19 +133,24 @@ def vp_schedule(T: int, beta_min: float = 0.1, beta_max: float = 20.0, eps: floa
     return _from_betas(betas, name=f"vp(T={T})")
 
 
-def ddpm_linear_schedule(T: int, beta_start: float | None = None, beta_end: float | None = None) -> Schedule:
-    """DDPM's linear schedule ``beta_k = linspace(beta_start, beta_end, T)``.
+def linear_betas(T: int, beta_start: float | None = None, beta_end: float | None = None) -> torch.Tensor:
+    """DDPM's linear betas ``linspace(beta_start, beta_end, T)`` (float64, ``(T,)``: beta_1..beta_T).
 
     Defaults follow improved-diffusion/SegDiff: the 1000-step 1e-4 -> 0.02 schedule rescaled by 1000/T, i.e.
-    1e-3 -> 0.2 at T = 100 (method.md §4). Betas are clipped at 0.999 (as improved-diffusion does), so a
-    short schedule (e.g. T = 10 in tests) stays valid.
+    exactly 1e-4 -> 0.02 at T = 1000 (ADM, TextDiff) and 1e-3 -> 0.2 at T = 100 (SegDiff). Betas are clipped
+    at 0.999 (as improved-diffusion does), so a short schedule (e.g. T = 10 in tests) stays valid.
     """
     if not isinstance(T, int) or T < 1:
-        raise ValueError(f"ddpm_linear_schedule: T must be a positive integer, got {T!r}")
+        raise ValueError(f"linear_betas: T must be a positive integer, got {T!r}")
     scale = 1000.0 / T
     beta_start = 1e-4 * scale if beta_start is None else beta_start
     beta_end = 0.02 * scale if beta_end is None else beta_end
-    betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64).clamp(max=0.999)
+    return torch.linspace(beta_start, beta_end, T, dtype=torch.float64).clamp(max=0.999)
+
+
+def ddpm_linear_schedule(T: int, beta_start: float | None = None, beta_end: float | None = None) -> Schedule:
+    """DDPM's linear schedule over :func:`linear_betas` (the SegDiff comparison; TextDiff's backbone at T = 1000)."""
+    betas = linear_betas(T, beta_start, beta_end)
     return _from_betas(betas, name=f"ddpm_linear(T={T})")
 
 
@@ -174,7 +178,7 @@ def q_sample(sched: Schedule, x0: torch.Tensor, level: torch.Tensor, noise: torc
 
 def q_sample_pairs(sched: Schedule, x0: torch.Tensor, t: torch.Tensor,
                    noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A training pair (x at level t, x at level t+1) for code time ``t`` (method.md §1.2).
+    """A training pair (x at level t, x at level t+1) for code time ``t`` (book/decisions.md).
 
     x_t ~ q(x_t | x0) (Eq. 2), then one more forward step (Eq. 1):
     ``x_{t+1} = sqrt(1 - beta_{t+1}) x_t + sqrt(beta_{t+1}) eps'``, both noises fresh and independent.
@@ -212,8 +216,3 @@ def sample_posterior(sched: Schedule, x0: torch.Tensor, x_tp1: torch.Tensor, t: 
     noise = torch.randn_like(x_tp1) if noise is None else noise
     nonzero = (t != 0).to(x0.dtype).to(x0.device).reshape(-1, *([1] * (x0.ndim - 1)))
     return mean + nonzero * torch.exp(0.5 * log_var) * noise
-
-
-def signal_to_noise(sched: Schedule) -> list[float]:
-    """sqrt(abar_k) / sqrt(1 - abar_k) at levels 1..T (how much label survives at each level)."""
-    return [math.sqrt(a) / math.sqrt(1 - a) for a in sched.alphas_cumprod[1:].double().tolist()]

@@ -4,8 +4,8 @@ What the loop guarantees, whatever the method:
 
 * a progress bar, seeded batches, the config printed at the start and saved with every checkpoint;
 * validation on the **validation** split every ``cfg.train.val_every`` steps (Dice, per-image mean);
-  the best checkpoint is chosen on validation, never on test (the official cDAL code chooses on test,
-  method.md D15; we do not);
+  the best checkpoint is chosen on validation, never on test (the official cDAL code chooses on test;
+  we do not: book/decisions.md, D15);
 * atomic checkpoints (``last.pt`` at every validation, ``best.pt`` on improvement) and ``--resume`` from
   ``last.pt``; Ctrl-C writes ``last.pt`` before stopping, so nothing is lost;
 * a NaN/inf guard that stops with a message naming the step, the loss and the last good checkpoint;
@@ -19,17 +19,16 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
 from .config import RunConfig
-from .data.base import Case, DataError, SegDataset
+from .data import Case, DataError, DatasetInfo, SegDataset
 from .device import describe_device, pick_device, seed_everything
-from .methods import get_method_class
-from .methods.base import SegMethod
+from .methods import SegMethod, get_method_class
 
 
 class TrainingDiverged(RuntimeError):
@@ -55,10 +54,20 @@ class History:
     def from_dict(cls, d: dict[str, Any]) -> "History":
         return cls(**d)
 
-    def losses(self, name: str) -> tuple[list[int], list[float]]:
-        """``(steps, values)`` of one logged loss, for plotting."""
-        pts = [(s["step"], s[name]) for s in self.steps if name in s]
-        return [p[0] for p in pts], [p[1] for p in pts]
+
+class LoopHooks(Protocol):
+    """What the training loop calls on each hook object it is given (a hook may define any subset).
+
+    * ``on_step(step, logs, method)`` every ``log_every`` steps with the step's float losses;
+    * ``on_validate(step, entry, method)`` after each validation (``entry``: step, seconds, dice, iou, ...);
+    * ``on_end(history, method)`` once, with the method holding its best-on-validation weights.
+    """
+
+    def on_step(self, step: int, logs: dict[str, float], method: SegMethod) -> None: ...
+
+    def on_validate(self, step: int, entry: dict[str, float], method: SegMethod) -> None: ...
+
+    def on_end(self, history: History, method: SegMethod) -> None: ...
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -75,7 +84,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
-def _call_hooks(hooks: Iterable[Any], name: str, *args: Any) -> None:
+def _call_hooks(hooks: Iterable[LoopHooks], name: str, *args: Any) -> None:
     for hook in hooks:
         fn = getattr(hook, name, None)
         if fn is not None:
@@ -83,7 +92,7 @@ def _call_hooks(hooks: Iterable[Any], name: str, *args: Any) -> None:
 
 
 def fit(method: SegMethod, train_cases: Sequence[Case], val_cases: Sequence[Case], run_dir: str | Path | None = None,
-        resume: bool = False, hooks: Sequence[Any] = (), progress: bool = True) -> History:
+        resume: bool = False, hooks: Sequence[LoopHooks] = (), progress: bool = True) -> History:
     """Train ``method`` for ``cfg.train.steps`` steps (or until ``cfg.train.max_minutes``).
 
     Returns the :class:`History`; the method is left holding the **best-on-validation** weights.
@@ -200,7 +209,7 @@ def build_method(cfg: RunConfig, dataset: SegDataset, device: torch.device | Non
 
 
 def run_training(cfg: RunConfig, dataset: SegDataset, run_dir: str | Path | None = None, resume: bool = False,
-                 hooks: Sequence[Any] = (), progress: bool = True, device: torch.device | None = None,
+                 hooks: Sequence[LoopHooks] = (), progress: bool = True, device: torch.device | None = None,
                  verbose: bool = True) -> tuple[SegMethod, History]:
     """Build the method, choose its training cases, prepare it and run :func:`fit`.
 
@@ -246,8 +255,6 @@ def load_run(run_dir: str | Path, dataset: SegDataset | None = None, device: tor
              which: str = "best") -> tuple[SegMethod, RunConfig, dict[str, Any]]:
     """Rebuild a trained method from a run folder (``best.pt`` by default) for evaluation."""
     import json
-
-    from .methods.base import DatasetInfo
 
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir / f"{which}.pt", map_location="cpu")

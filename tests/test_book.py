@@ -6,7 +6,7 @@ import json
 import pytest
 
 from conftest import REPO
-from diffseg_core.pipeline import run_main_job, toc_files
+from diffseg_core.book import run_main_job, toc_files
 
 
 @pytest.mark.notebook

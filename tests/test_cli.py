@@ -61,3 +61,39 @@ def test_monuseg_train_evaluate_and_other_folder(tmp_path):
     assert main(["evaluate", "--run", str(run), "--data", str(other), "--split", "all", "--json", str(out2)]) == 0
     res2 = json.loads(out2.read_text())
     assert res2["n_images"] == 2
+
+
+def test_every_method_flag_sets_a_real_field_and_names_come_from_the_registries():
+    """The CLI builds its flags and choices from the registries: nothing is kept by hand in two places."""
+    import argparse
+    from dataclasses import fields
+
+    from diffseg_core.cli import _parser
+    from diffseg_core.config import DATASETS, PRESETS
+    from diffseg_core.methods import METHODS, get_method_class
+
+    parser = _parser()
+    train = next(a for a in parser._subparsers._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+    by_dest = {a.dest: a for a in train._actions}
+    assert tuple(by_dest["method"].choices) == METHODS
+    assert tuple(by_dest["dataset"].choices) == DATASETS
+    assert tuple(by_dest["preset"].choices) == (*PRESETS, "auto")
+    seen = set()
+    for name in METHODS:
+        cls = get_method_class(name)
+        known = {f.name: f for f in fields(cls.config_class)}
+        for option in cls.cli_options:
+            assert option.field in known, f"{name}: {option.flag} maps to {option.field!r}, not a field of {cls.config_class.__name__}"
+            assert option.dest in by_dest and option.flag in by_dest[option.dest].option_strings
+            assert option.flag not in seen, f"{option.flag} is declared by two methods"
+            seen.add(option.flag)
+            default = getattr(cls.config_class.for_preset("smoke", "synthetic"), option.field)
+            if option.is_switch:  # a switch must change the default, or it would do nothing
+                assert option.const != default, f"{option.flag} sets {option.field} to its default {default!r}"
+
+
+def test_method_option_of_another_method_is_refused(tmp_path, capsys):
+    rc = main(["train", "--method", "unet", "--dataset", "synthetic", "--preset", "smoke", "--out", str(tmp_path / "r"),
+               "--no-latent", "--no-progress"])
+    assert rc == 2 and "--no-latent is a cdal option" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from diffseg_core.config import PRESETS, RunConfig, get_config, override, resolve_preset
+from diffseg_core.config import PRESETS, RunConfig, override, resolve_preset
+from diffseg_core.methods import get_config
 
 
 def test_auto_follows_the_accelerator(monkeypatch):
@@ -28,7 +29,7 @@ def test_presets_grow_and_roundtrip():
     cfg = get_config("unet", "monuseg", "cpu", seed=3)
     again = RunConfig.from_dict(cfg.to_dict())
     assert again == cfg
-    assert cfg.data.working_size == 512, "MoNuSeg keeps the 512 working scale on cpu (method.md §6)"
+    assert cfg.data.working_size == 512, "MoNuSeg keeps the 512 working scale on cpu (book/decisions.md)"
 
 
 def test_override_and_unknown_options():

@@ -14,7 +14,7 @@ from diffseg_core.config import DataConfig
 from diffseg_core.data import DataError, find_dataset_root, load_dataset
 from diffseg_core.data.cxr import load_cxr
 from diffseg_core.data.download import MANUAL_STEPS, download, fetch_monuseg, fetch_qata, file_digest
-from diffseg_core.data.hippocampus import load_hippocampus, one_hot, slices_to_volume, volume_to_slices
+from diffseg_core.data.hippocampus import load_hippocampus, slices_to_volume, volume_to_slices
 from diffseg_core.data.io import cap_cases, read_image, read_mask, resize_pair
 from diffseg_core.data.monuseg import load_monuseg, rasterise_xml
 from diffseg_core.data.qata import load_qata
@@ -311,7 +311,7 @@ def test_hippocampus_pair_groups_stay_together(tmp_path):
             assert split[a] == split[b]
 
 
-def test_volume_slice_helpers_and_one_hot():
+def test_volume_slice_helpers():
     img, lab = _hippo_volume(0, (3, 4, 6))
     slices = volume_to_slices("v", img, lab.astype(np.int64))
     assert len(slices) == 6 and slices[2].image.shape == (1, 3, 4) and slices[2].meta["slice"] == 2
@@ -321,10 +321,6 @@ def test_volume_slice_helpers_and_one_hot():
     np.testing.assert_array_equal(back_lab, lab)
     with pytest.raises(DataError, match="not a complete"):
         slices_to_volume(slices[:2] + slices[3:])
-    oh = one_hot(np.array([[0, 2], [1, 1]]), 3)
-    np.testing.assert_array_equal(oh, [[[1, 0], [0, 0]], [[0, 0], [1, 1]], [[0, 1], [0, 0]]])
-    with pytest.raises(DataError, match="outside"):
-        one_hot(np.array([3]), 3)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from diffseg_core.cdal import CDALConfig, build_discriminator
-from diffseg_core.discriminator import TimeConditionedDiscriminator, d_logistic_loss, r1_penalty, spatial_attention
+from diffseg_core.cdal.discriminator import TimeConditionedDiscriminator, d_logistic_loss, r1_penalty, spatial_attention
 
 
 def tiny_d(**kw) -> TimeConditionedDiscriminator:
@@ -32,7 +32,7 @@ def test_stage_for_scale_is_a_depth():
     d = tiny_d()
     assert [d.stage_for_scale(s) for s in (2, 4, 8)] == [1, 2, 3]
     large = TimeConditionedDiscriminator(ngf=1, channel_mults=(4, 8, 8, 8, 8, 8), t_emb_dim=8)
-    assert [large.stage_for_scale(s) for s in (4, 8, 16)] == [2, 3, 4]   # 64/32/16 px at 256 (method.md §1.4)
+    assert [large.stage_for_scale(s) for s in (4, 8, 16)] == [2, 3, 4]   # 64/32/16 px at 256 (book/decisions.md)
     small = TimeConditionedDiscriminator(in_channels=6, ngf=1, channel_mults=(2, 4, 8, 8),
                                          downsample=(False, True, True, True), t_emb_dim=8)
     assert small.stage_for_scale(2) == 2
@@ -97,7 +97,7 @@ def test_normal_init_of_convs():
     assert w.std().item() == pytest.approx(0.02, rel=0.05) and abs(w.mean().item()) < 1e-3
 
 
-# method.md §1.9 (official classes): large D 27,736,705 (MoNuSeg, CXR), small D with ngf 64 12,462,849 (Hippocampus)
+# book/decisions.md (official classes): large D 27,736,705 (MoNuSeg, CXR), small D with ngf 64 12,462,849 (Hippocampus)
 @pytest.mark.parametrize("dataset,label_ch,want", [("monuseg", 1, 27_736_705),  # CXR uses the same large D
                                                    ("hippocampus", 3, 12_462_849)])
 def test_paper_discriminator_parameter_counts(dataset, label_ch, want):

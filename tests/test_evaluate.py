@@ -5,16 +5,20 @@ import numpy as np
 import pytest
 import torch
 
-from diffseg_core.config import get_config, override
+from diffseg_core.config import override
+from diffseg_core.methods import get_config
 from diffseg_core.data.base import Case
 from diffseg_core.evaluate import evaluate_cases, predict_case
-from diffseg_core.methods.base import DatasetInfo, SegMethod
+from diffseg_core.data import DatasetInfo
+from diffseg_core.methods import SegMethod
+from diffseg_core.methods.unet import UNetConfig
 
 
 class IntensityMethod(SegMethod):
     """P(foreground) = the image's first channel: a pixel-wise 'model' whose output we know exactly."""
 
     name = "intensity"
+    config_class = UNetConfig  # the test runs on the U-Net's config
 
     def __init__(self, cfg, roi):
         super().__init__(cfg, DatasetInfo("toy", 1, 2, ("background", "fg")), torch.device("cpu"))

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from diffseg_core.cdal import CDALConfig, build_generator
-from diffseg_core.generator import (AdaptiveGroupNorm, ConditionalGenerator, ImageEncoder, MappingNetwork, fir_downsample,
-                                    fir_upsample, timestep_embedding)
+from diffseg_core.cdal.generator import AdaptiveGroupNorm, ConditionalGenerator, ImageEncoder, MappingNetwork
+from diffseg_core.cdal.layers import fir_downsample, fir_upsample, timestep_embedding
 
 
 def tiny_g(**kw) -> ConditionalGenerator:
@@ -114,7 +114,7 @@ def test_bad_inputs_raise():
         g(torch.randn(1, 1, 16, 16), torch.tensor([0]), torch.randn(1, 1, 16, 16))
 
 
-# method.md §1.9, measured from the official model classes
+# book/decisions.md, measured from the official model classes
 PAPER_COUNTS = {"monuseg": (41_666_753, 372_352, 3, 1), "cxr": (8_843_777, 112_064, 1, 1),
                 "hippocampus": (3_682_275, 112_064, 1, 3)}
 

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 
 from conftest import REPO
-from diffseg_core.pipeline import toc_files
+from diffseg_core.book import toc_files
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 

@@ -6,7 +6,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
+import pytest  # noqa: E402
+
+from diffseg_core import plots  # noqa: E402
 from diffseg_core.plots import error_overlay, image_grid, plot_learning_curves, results_table, show_overlay, to_display  # noqa: E402
 
 
@@ -42,3 +46,35 @@ def test_grid_curves_and_table():
     df = results_table([{"model": "x", "dice_mean": 0.123456, "protocol": "p"}])
     assert df.loc[0, "dice_mean"] == 0.1235
     plt.close("all")
+
+
+def test_loss_traces_and_metric_vs():
+    fig = plots.plot_loss_traces({"d_real": [0.7, 0.6, 0.5], "d_fake": [0.7, 0.72, 0.8]}, steps=[10, 20, 30],
+                              hline=np.log(2), hline_label="log 2")
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.get_lines()[0].get_xdata(), [10, 20, 30])
+    assert len(ax.get_lines()) == 3
+    fig = plots.plot_metric_vs([1, 3, 5], {"dice": [0.5, 0.6, 0.62]}, "ensemble size", "Dice", errors={"dice": [0, 0.01, 0.01]})
+    assert fig.axes[0].get_xlabel() == "ensemble size"
+    with pytest.raises(ValueError):
+        plots.plot_metric_vs([1, 2], {"dice": [0.5]}, "x", "y")
+
+
+
+def test_error_rgb_colours_are_the_one_scheme():
+    pred = np.array([[1, 1], [0, 0]])
+    gt = np.array([[1, 0], [1, 0]])
+    e = plots.error_rgb(pred, gt)
+    assert tuple(e[0, 0]) == pytest.approx((0.1, 0.8, 0.2))  # TP green
+    assert tuple(e[0, 1]) == pytest.approx((0.95, 0.1, 0.1))  # FP red
+    assert tuple(e[1, 0]) == pytest.approx((0.1, 0.4, 1.0))  # FN blue
+    assert tuple(e[1, 1]) == (0, 0, 0)  # TN
+    assert plots.ERROR_COLOURS == {"TP": (0.1, 0.8, 0.2), "FP": (0.95, 0.1, 0.1), "FN": (0.1, 0.4, 1.0)}
+
+
+def test_to_hwc_accepts_chw_hwc_and_gray():
+    assert plots.to_hwc(np.zeros((3, 5, 7))).shape == (5, 7, 3)
+    assert plots.to_hwc(np.zeros((5, 7, 3))).shape == (5, 7, 3)
+    assert plots.to_hwc(np.zeros((1, 5, 7))).shape == (5, 7, 3)
+    assert plots.to_hwc(np.full((5, 7), 2.0)).max() == 1.0  # clipped to [0, 1]
+    assert plots.to_hwc(torch.zeros(3, 4, 4)).shape == (4, 4, 3)

@@ -153,15 +153,3 @@ def test_ensemble_error_colours_and_statistics():
     np.testing.assert_allclose(err[3, 0], (0.95, 0.1, 0.1), atol=1e-6)  # FP red
     np.testing.assert_allclose(err[0, 3], (0.1, 0.4, 1.0), atol=1e-6)   # FN blue
     assert err[3, 3].sum() == 0  # mean 0.5 is not > 0.5: a true negative, dimmed black image
-
-
-def test_loss_traces_and_metric_vs():
-    fig = cp.plot_loss_traces({"d_real": [0.7, 0.6, 0.5], "d_fake": [0.7, 0.72, 0.8]}, steps=[10, 20, 30],
-                              hline=np.log(2), hline_label="log 2")
-    ax = fig.axes[0]
-    np.testing.assert_allclose(ax.get_lines()[0].get_xdata(), [10, 20, 30])
-    assert len(ax.get_lines()) == 3
-    fig = cp.plot_metric_vs([1, 3, 5], {"dice": [0.5, 0.6, 0.62]}, "ensemble size", "Dice", errors={"dice": [0, 0.01, 0.01]})
-    assert fig.axes[0].get_xlabel() == "ensemble size"
-    with pytest.raises(ValueError):
-        cp.plot_metric_vs([1, 2], {"dice": [0.5]}, "x", "y")

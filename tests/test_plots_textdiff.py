@@ -19,14 +19,6 @@ def _close_figures():
     plt.close("all")
 
 
-def test_to_hwc_accepts_chw_hwc_and_gray():
-    assert tp.to_hwc(np.zeros((3, 5, 7))).shape == (5, 7, 3)
-    assert tp.to_hwc(np.zeros((5, 7, 3))).shape == (5, 7, 3)
-    assert tp.to_hwc(np.zeros((1, 5, 7))).shape == (5, 7, 3)
-    assert tp.to_hwc(np.full((5, 7), 2.0)).max() == 1.0  # clipped to [0, 1]
-    assert tp.to_hwc(torch.zeros(3, 4, 4)).shape == (4, 4, 3)
-
-
 def test_pca_rgb_recovers_a_one_dimensional_signal():
     # 8 channels that are all multiples of one spatial ramp (plus tiny noise): the first component
     # is the ramp itself, so the first PCA channel must be monotone along x.
@@ -111,16 +103,6 @@ def test_plot_token_attention_rows_and_columns():
         tp.plot_token_attention(rng.random((3, 32, 32)), [rng.random((3, 4, 4))], tokens)
     with pytest.raises(ValueError):
         tp.plot_token_attention(rng.random((3, 32, 32)), maps, tokens, normalise="rows")
-
-
-def test_error_rgb_colours():
-    pred = np.array([[1, 1], [0, 0]])
-    gt = np.array([[1, 0], [1, 0]])
-    e = tp.error_rgb(pred, gt)
-    assert tuple(e[0, 0]) == pytest.approx((1, 1, 1))  # TP
-    assert tuple(e[0, 1]) == pytest.approx((1, 0.2, 0.2))  # FP
-    assert tuple(e[1, 0]) == pytest.approx((0.2, 0.5, 1))  # FN
-    assert tuple(e[1, 1]) == (0, 0, 0)  # TN
 
 
 def test_prediction_grid_reports_dice():

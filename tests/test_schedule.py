@@ -1,4 +1,4 @@
-"""Schedule tests against method.md §1.2's table and independent closed forms."""
+"""Schedule tests against the table on the book's decisions page and independent closed forms."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import torch
 from diffseg_core.schedule import (ddpm_linear_schedule, posterior_mean_variance, q_sample, q_sample_pairs,
                                    sample_posterior, vp_schedule)
 
-# method.md §1.2, measured from the official code, 4 significant digits
+# book/decisions.md (reference numbers), measured from the official code, 4 significant digits
 TABLE = {
     4: dict(betas="0.4783 0.8492 0.9564 0.9874", abar="0.5217 0.07868 0.003429 4.32e-5",
             post_var="0 0.4408 0.8842 0.9841", c1="1 0.6658 0.2692 0.0578", c2="0 0.2016 0.1930 0.1119"),
@@ -18,7 +18,7 @@ TABLE = {
 
 
 def _close_printed(got, printed: str):
-    """Equal to the numbers as printed in method.md: within half a unit of the last printed digit."""
+    """Equal to the numbers as printed on the book's decisions page: within half a unit of the last printed digit."""
     for g, text in zip(got, printed.split()):
         mant, _, exp = text.partition("e")
         decimals = len(mant.partition(".")[2])

@@ -7,8 +7,8 @@ import io
 import pytest
 import torch
 
-from diffseg_core import text as text_mod
-from diffseg_core.text import CLINICAL_BERT, load_text_encoder
+from diffseg_core.textdiff import text as text_mod
+from diffseg_core.textdiff.text import CLINICAL_BERT, load_text_encoder
 
 SENTENCES = ["The nuclei are evenly distributed.", "The nuclei density in the upper right is high.", ""]
 

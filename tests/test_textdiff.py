@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffseg_core import text as text_mod
-from diffseg_core.config import get_config
+from diffseg_core.textdiff import text as text_mod
+from diffseg_core.methods import get_config
 from diffseg_core.data.base import Case, SegDataset
 from diffseg_core.textdiff import (SegHead, TextDiffConfig, TextDiffMethod, TextDiffModel, ce_dice_loss, derangement,
                                    soft_dice_loss)
@@ -52,7 +52,7 @@ def test_seg_head_is_three_convs_with_official_init():
 
 def test_paper_config_has_the_papers_trainable_size_order():
     # Paper config: 4 scales at dims [1536, 1536, 768, 768] (ADM blocks x 3 steps), dim 768, 8 x 64 heads.
-    # The official count is 9,683,234 (method.md §3) with projections shared/skipped; ours gives each
+    # The official count is 9,683,234 (book/decisions.md) with projections shared/skipped; ours gives each
     # scale its own 1x1 projection, so it differs only by those projections.
     model = TextDiffModel([1536, 1536, 768, 768], 2, dim=768, context_dim=768, heads=8, dim_head=64)
     head = sum(p.numel() for p in model.head.parameters())

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from diffseg_core.checkpoint import load_checkpoint, save_checkpoint
-from diffseg_core.config import get_config, override
+from diffseg_core.config import override
+from diffseg_core.methods import get_config
 from diffseg_core.data import load_dataset
 from diffseg_core.methods.unet import UNetMethod
 from diffseg_core.train import TrainingDiverged, load_run, run_training

@@ -16,14 +16,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .base import SPLITS, Case, DataError, SegDataset, assign_seeded_split
+from ..config import DATASETS, data_config
+from .base import SPLITS, Case, DataError, DatasetInfo, SegDataset, assign_seeded_split
 from .batches import train_batches
 from .io import cap_cases, resize_pair
 
-__all__ = ["Case", "DataError", "SegDataset", "SPLITS", "assign_seeded_split", "find_dataset_root", "load_dataset",
-           "train_batches", "resize_pair", "ALIASES", "DATASET_NAMES"]
-
-DATASET_NAMES: tuple[str, ...] = ("monuseg", "cxr", "hippocampus", "qata", "synthetic")
+__all__ = ["Case", "DataError", "DatasetInfo", "SegDataset", "SPLITS", "assign_seeded_split", "find_dataset_root",
+           "load_dataset", "train_batches", "resize_pair", "ALIASES"]
 
 # Folder names accepted for each dataset (compared case-insensitively).
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -73,7 +72,7 @@ def find_dataset_root(name: str, data_root: str | Path | None) -> Path | None:
     if name == "synthetic" or not data_root:
         return None
     if name not in ALIASES:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     root = Path(data_root).expanduser()
     if not root.is_dir():
         return None
@@ -105,10 +104,8 @@ def load_dataset(name: str, root: str | Path | None = None, cfg: Any = None, see
     Returns:
         :class:`SegDataset` with cases ``image`` ``(C, H, W)`` float32 in [0, 1], ``label`` ``(H, W)`` int64.
     """
-    from ..config import data_config
-
-    if name not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     cfg = cfg if cfg is not None else data_config(name, "cpu")
     size = cfg.working_size
     if name == "synthetic":

@@ -19,6 +19,17 @@ import numpy as np
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a method needs to know about the data to build its networks."""
+
+    name: str
+    in_channels: int
+    num_classes: int
+    class_names: tuple[str, ...]
+    has_text: bool = False
+
+
 class DataError(ValueError):
     """A dataset file or folder is missing, unreadable or inconsistent. The message names the file."""
 
@@ -78,9 +89,7 @@ class SegDataset:
     def ids(self, split: str = "all") -> list[str]:
         return [c.id for c in self.split(split)]
 
-    def info(self):
-        from ..methods.base import DatasetInfo
-
+    def info(self) -> DatasetInfo:
         return DatasetInfo(self.name, self.in_channels, self.num_classes, self.class_names, self.has_text)
 
 

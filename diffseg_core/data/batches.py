@@ -5,7 +5,7 @@ Per sample (``cfg.crop`` = c):
 1. ``SpatialPadd`` to at least c x c (zeros, so images smaller than the crop still work);
 2. a c x c crop: ``RandSpatialCropd`` (uniform position), or, for **sparse labels**,
    ``RandCropByPosNegLabeld`` centred on a foreground pixel half of the time (cDAL's 50/50 positive /
-   negative sampling for the hippocampus, method.md §1.7). Sparse mode is on when the mean foreground
+   negative sampling for the hippocampus, book/decisions.md). Sparse mode is on when the mean foreground
    fraction of the cases is below 10 % and the crop is smaller than the images (``fg_bias=None``), or
    forced with ``fg_bias=True/False``. Cases without any foreground always get a uniform crop;
 3. when ``cfg.augment``: ``RandFlipd`` on each axis (p 0.5), ``RandRotate90d`` (p 0.5), and for RGB a mild

@@ -83,24 +83,6 @@ def slices_to_volume(slices: Sequence[Any], volume_id: str | None = None) -> tup
     return image, label
 
 
-def one_hot(label: np.ndarray, num_classes: int = 3) -> np.ndarray:
-    """Class indices -> one-hot, channel first.
-
-    Args:
-        label: ``(...)`` int in ``0..num_classes-1``.
-    Returns:
-        ``(num_classes, ...)`` float32 with exactly one 1 per position (cDAL then maps it to
-        ``2 * onehot - 1``, method.md §1.7).
-    """
-    label = np.asarray(label)
-    if label.size and (label.min() < 0 or label.max() >= num_classes):
-        raise DataError(f"one_hot: labels {np.unique(label)[:6].tolist()} outside 0..{num_classes - 1}")
-    return (np.arange(num_classes).reshape((-1,) + (1,) * label.ndim) == label[None]).astype(np.float32)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Reading
-# ---------------------------------------------------------------------------------------------------
 def read_nifti(path: Path) -> np.ndarray:
     """A NIfTI file's voxel array (as stored, no re-orientation); :class:`DataError` if unreadable."""
     import nibabel as nib

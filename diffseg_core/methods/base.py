@@ -1,4 +1,4 @@
-"""The interface every method implements to use the shared loop, CLI and evaluation.
+"""The socket every method plugs into: the shared loop, the CLI and the evaluation only know this interface.
 
 Conventions (all methods):
 
@@ -7,8 +7,12 @@ Conventions (all methods):
   ``B`` strings, ``""`` when the dataset has none) and ``id`` (list of ``B`` case ids);
 * :meth:`SegMethod.predict` returns class probabilities ``(B, K, h, w)`` that sum to one over ``K``;
 * optimisation happens inside :meth:`SegMethod.train_step` (a method may own several optimisers,
-  e.g. cDAL's generator and discriminator); the loop only calls it, logs the returned floats, guards
-  against NaN/inf and checkpoints :meth:`state_dict`.
+  e.g. cDAL's generator and discriminator, each with its own learning rate from the method's model
+  config); the loop only calls it, logs the returned floats, guards against NaN/inf and checkpoints
+  :meth:`state_dict`;
+* a method's options live in its own model dataclass (``config_class``), exposed as ``self.model_cfg``;
+  the ones a user may set from the command line are declared in ``cli_options``, from which the CLI
+  builds its flags (one source for names).
 """
 from __future__ import annotations
 
@@ -19,48 +23,79 @@ from typing import Any, ClassVar, Iterator, Sequence
 import torch
 from torch import nn
 
+from ..data import DatasetInfo
+
+__all__ = ["SegMethod", "MethodOption"]
+
 
 @dataclass(frozen=True)
-class DatasetInfo:
-    """What a method needs to know about the data to build its networks."""
+class MethodOption:
+    """One command-line option of a method, mapped onto a field of its model dataclass.
 
-    name: str
-    in_channels: int
-    num_classes: int
-    class_names: tuple[str, ...]
-    has_text: bool = False
+    ``flag`` is the option as typed (``--attn-scale``); ``field`` the model-config field it sets. A switch
+    (``const`` given) sets ``field`` to ``const`` when present (e.g. ``--no-latent`` sets
+    ``use_latent=False``); otherwise the option takes a value of ``type`` (restricted to ``choices``).
+    """
+
+    flag: str
+    field: str
+    help: str
+    type: type | None = None
+    choices: tuple[Any, ...] | None = None
+    const: Any = None
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        """The ``argparse`` destination of the flag (``--attn-scale`` -> ``attn_scale``)."""
+        return self.flag.lstrip("-").replace("-", "_")
+
+    @property
+    def is_switch(self) -> bool:
+        return self.const is not None
 
 
 class SegMethod:
-    """Base class. Subclasses set ``name`` and implement the abstract methods.
+    """Base class. Subclasses set ``name``, ``config_class`` (and ``cli_options``) and implement
+    :meth:`train_step` and :meth:`predict`.
 
-    Subclasses keep their networks in ``self.nets`` (a :class:`torch.nn.ModuleDict`) and their
-    optimisers in ``self.optimizers`` (a dict) so the default :meth:`state_dict` checkpoints everything.
+    Subclasses keep their networks in ``self.nets`` (a :class:`torch.nn.ModuleDict`) and their optimisers
+    in ``self.optimizers`` (a dict) so the default :meth:`state_dict` checkpoints everything.
     """
 
     name: ClassVar[str] = "base"
+    #: the method's model dataclass; it provides ``for_preset(preset, dataset)`` and ``from_dict(d)``
+    config_class: ClassVar[type]
+    #: command-line options of this method (see :class:`MethodOption`)
+    cli_options: ClassVar[tuple[MethodOption, ...]] = ()
 
     def __init__(self, cfg: Any, info: DatasetInfo, device: torch.device) -> None:
         self.cfg = cfg
         self.info = info
         self.device = device
+        #: the method's own options (an instance of ``config_class``), rebuilt from ``cfg.model``
+        self.model_cfg = self.config_class.from_dict(dict(cfg.model))
         self.nets = nn.ModuleDict()
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        #: what :func:`diffseg_core.train.run_training` recorded about the last run (also in ``run.json``)
+        self.last_run_info: dict[str, Any] = {}
 
     # ---- configuration -------------------------------------------------------------------
     @classmethod
     def default_config(cls, preset: str, dataset: str) -> Any:
         """The method's model dataclass for a preset (the papers' values at ``paper``)."""
-        raise NotImplementedError
+        return cls.config_class.for_preset(preset, dataset)
 
     @classmethod
-    def data_overrides(cls, preset: str, dataset: str) -> dict[str, Any]:
-        """Changes to the dataset's :class:`~diffseg_core.config.DataConfig` this method needs."""
+    def data_overrides(cls, preset: str, dataset: str, model: Any) -> dict[str, Any]:
+        """Changes to the dataset's :class:`~diffseg_core.config.DataConfig` this method needs.
+
+        ``model`` is the final model dataclass (after user overrides)."""
         return {}
 
     @classmethod
-    def train_overrides(cls, preset: str, dataset: str, model: Any = None) -> dict[str, Any]:
-        """Changes to :class:`~diffseg_core.config.TrainConfig` (steps, lr, ...) for this method.
+    def train_overrides(cls, preset: str, dataset: str, model: Any) -> dict[str, Any]:
+        """Changes to :class:`~diffseg_core.config.TrainConfig` (steps, validation interval, budget).
 
         ``model`` is the final model dataclass (after user overrides such as ``--train-images``)."""
         return {}

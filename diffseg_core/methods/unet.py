@@ -15,7 +15,8 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
 from ..config import model_config_from_dict
-from .base import DatasetInfo, SegMethod
+from ..data import DatasetInfo
+from .base import SegMethod
 
 
 @dataclass
@@ -27,6 +28,11 @@ class UNetConfig:
     dropout: float = 0.0
     lr: float = 1e-3
     weight_decay: float = 1e-5
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "UNetConfig":
+        """From ``RunConfig.model`` (unknown keys raise)."""
+        return model_config_from_dict(cls, d, "unet")
 
     @classmethod
     def for_preset(cls, preset: str, dataset: str) -> "UNetConfig":
@@ -42,21 +48,17 @@ class UNetMethod(SegMethod):
     """Supervised baseline: one forward, Dice + CE loss, Adam."""
 
     name = "unet"
+    config_class = UNetConfig
 
     def __init__(self, cfg: Any, info: DatasetInfo, device: torch.device) -> None:
         super().__init__(cfg, info, device)
-        mc = model_config_from_dict(UNetConfig, cfg.model, "unet")
-        self.model_cfg = mc
+        mc = self.model_cfg
         net = UNet(spatial_dims=2, in_channels=info.in_channels, out_channels=info.num_classes,
                    channels=mc.channels, strides=(2,) * (len(mc.channels) - 1),
                    num_res_units=mc.num_res_units, dropout=mc.dropout)
         self.nets["unet"] = net.to(device)
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
         self.optimizers["adam"] = torch.optim.Adam(net.parameters(), lr=mc.lr, weight_decay=mc.weight_decay)
-
-    @classmethod
-    def default_config(cls, preset: str, dataset: str) -> UNetConfig:
-        return UNetConfig.for_preset(preset, dataset)
 
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
         """``batch['image']`` (B,C,h,w) in [0,1], ``batch['label']`` (B,h,w) -> Dice+CE loss, one Adam step."""

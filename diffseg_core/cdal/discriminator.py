@@ -1,4 +1,4 @@
-"""cDAL's discriminator D(x_{t-1}, x_t, t) and the spatial attention map A_D (method.md §1.4, cDAL Eq. 4).
+"""cDAL's discriminator D(x_{t-1}, x_t, t) and the spatial attention map A_D (book/decisions.md, cDAL Eq. 4).
 
 D is DDGAN's time-conditioned ResNet discriminator. It sees a **pair** of label maps, the less-noisy one
 (level t, the paper's x_{t-1}) and the more-noisy one (level t+1, the paper's x_t), concatenated on
@@ -27,30 +27,19 @@ building a graph. "Attention scale" is a **depth**: :meth:`stage_for_scale` maps
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .generator import fir_downsample, timestep_embedding, variance_scaling_
+from .layers import fir_downsample, init_conv, init_linear, timestep_embedding
 
-__all__ = ["DownConvBlock", "TimeConditionedDiscriminator", "spatial_attention", "r1_penalty", "d_logistic_loss"]
+if TYPE_CHECKING:
+    from .config import CDALConfig
 
-
-def _conv(cin: int, cout: int, k: int, init_scale: float = 1.0, bias: bool = True) -> nn.Conv2d:
-    conv = nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias)
-    variance_scaling_(conv.weight, init_scale)
-    if bias:
-        nn.init.zeros_(conv.bias)
-    return conv
-
-
-def _linear(cin: int, cout: int) -> nn.Linear:
-    lin = nn.Linear(cin, cout)
-    variance_scaling_(lin.weight)
-    nn.init.zeros_(lin.bias)
-    return lin
+__all__ = ["DownConvBlock", "TimeConditionedDiscriminator", "spatial_attention", "r1_penalty", "d_logistic_loss",
+           "build_discriminator"]
 
 
 class DownConvBlock(nn.Module):
@@ -61,10 +50,10 @@ class DownConvBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, t_emb_dim: int, downsample: bool = True, resample: str = "fir") -> None:
         super().__init__()
-        self.conv1 = _conv(in_ch, out_ch, 3)
-        self.conv2 = _conv(out_ch, out_ch, 3, init_scale=0.0)
-        self.dense_t = _linear(t_emb_dim, out_ch)
-        self.skip = _conv(in_ch, out_ch, 1, bias=False)
+        self.conv1 = init_conv(in_ch, out_ch, 3)
+        self.conv2 = init_conv(out_ch, out_ch, 3, init_scale=0.0)
+        self.dense_t = init_linear(t_emb_dim, out_ch)
+        self.skip = init_conv(in_ch, out_ch, 1, bias=False)
         self.downsample, self.resample = downsample, resample
 
     def _down(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,13 +93,13 @@ class TimeConditionedDiscriminator(nn.Module):
         if len(downsample) != len(channel_mults):
             raise ValueError("TimeConditionedDiscriminator: downsample and channel_mults must have the same length")
         self.in_channels, self.t_emb_dim, self.stddev_group = in_channels, t_emb_dim, stddev_group
-        self.t_embed = nn.Sequential(_linear(t_emb_dim, t_emb_dim), nn.LeakyReLU(0.2), _linear(t_emb_dim, t_emb_dim))
-        self.start_conv = _conv(in_channels, 2 * ngf, 1)
+        self.t_embed = nn.Sequential(init_linear(t_emb_dim, t_emb_dim), nn.LeakyReLU(0.2), init_linear(t_emb_dim, t_emb_dim))
+        self.start_conv = init_conv(in_channels, 2 * ngf, 1)
         chans = [2 * ngf] + [ngf * m for m in channel_mults]
         self.blocks = nn.ModuleList([DownConvBlock(chans[i], chans[i + 1], t_emb_dim, downsample[i], resample)
                                      for i in range(len(channel_mults))])
-        self.final_conv = _conv(chans[-1] + 1, chans[-1], 3)
-        self.end_linear = _linear(chans[-1], 1)
+        self.final_conv = init_conv(chans[-1] + 1, chans[-1], 3)
+        self.end_linear = init_linear(chans[-1], 1)
         # cumulative down-sampling factor of each stage (index 0 = start conv)
         self.stage_factors = [1]
         for d in downsample:
@@ -173,7 +162,7 @@ class TimeConditionedDiscriminator(nn.Module):
 
 def spatial_attention(features: Sequence[torch.Tensor], index: int, size: tuple[int, int],
                       norm: str = "raw") -> torch.Tensor:
-    """cDAL's spatial attention map A_D = up( (1/C) sum_c F_c ) (Eq. 4; method.md §1.4, D6).
+    """cDAL's spatial attention map A_D = up( (1/C) sum_c F_c ) (Eq. 4; book/decisions.md, D6).
 
     Args:
         features: per-stage maps of D (``features[index]`` is (B, C, h, w)).
@@ -201,7 +190,7 @@ def r1_penalty(real_logits: torch.Tensor, x_less: torch.Tensor) -> torch.Tensor:
     """R1 penalty per sample, ||d sum(D(real)) / d x_less||^2 (B,), with a graph (``create_graph=True``).
 
     ``x_less`` must require grad and be the less-noisy input of the real pair; the caller scales by gamma/2
-    and averages over the batch (method.md §1.5).
+    and averages over the batch (book/decisions.md).
     """
     if not x_less.requires_grad:
         raise ValueError("r1_penalty: x_less must require grad (call x_less.requires_grad_() before D)")
@@ -212,3 +201,10 @@ def r1_penalty(real_logits: torch.Tensor, x_less: torch.Tensor) -> torch.Tensor:
 def d_logistic_loss(logits: torch.Tensor, real: bool) -> torch.Tensor:
     """Non-saturating logistic loss: softplus(-logit) for real pairs, softplus(logit) for fakes; mean over B."""
     return F.softplus(-logits if real else logits).mean()
+
+
+def build_discriminator(cfg: "CDALConfig", label_ch: int) -> TimeConditionedDiscriminator:
+    """The discriminator of a :class:`~diffseg_core.cdal.config.CDALConfig` for pairs of ``label_ch``-channel maps."""
+    return TimeConditionedDiscriminator(in_channels=2 * label_ch, ngf=cfg.d_ngf, channel_mults=cfg.d_stages,
+                                        downsample=cfg.d_downsample, t_emb_dim=cfg.d_t_emb_dim,
+                                        resample=cfg.d_resample, init=cfg.d_init)

@@ -1,4 +1,4 @@
-"""cDAL's generator x_theta(x_t, t, I, z): DDGAN's NCSN++ with AdaGN, plus a light image encoder (method.md §1.3).
+"""cDAL's generator x_theta(x_t, t, I, z): DDGAN's NCSN++ with AdaGN, plus a light image encoder (book/decisions.md).
 
 The generator predicts the **clean label** x0 (tanh-bounded, in [-1, 1]) from the noisy label x_{t+1}
 (code time ``t``, see :mod:`diffseg_core.schedule`), the image I and a latent z ~ N(0, I_nz).
@@ -24,7 +24,7 @@ Architecture, top to bottom (every choice follows the official code unless state
   -> **tanh**;
 * **re-sampling**: ``resample='fir'`` is the StyleGAN2 [1,3,3,1] FIR filter written in plain PyTorch
   (depthwise convolutions, no custom GPU kernel; :func:`fir_downsample`, :func:`fir_upsample`);
-  ``resample='avg'`` uses 2x2 average pooling and nearest up-sampling (cheaper; method.md §6 recommends it
+  ``resample='avg'`` uses 2x2 average pooling and nearest up-sampling (cheaper; book/decisions.md recommends it
   on the CPU).
 
 Choices against the official code (documented here because they change behaviour slightly):
@@ -39,115 +39,23 @@ Choices against the official code (documented here because they change behaviour
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import (body_groups, depthwise_blur, down, encoder_groups, fir_kernel, init_conv, init_linear,
+                     timestep_embedding, up)
+
+if TYPE_CHECKING:
+    from .config import CDALConfig
+
 __all__ = [
-    "timestep_embedding", "fir_kernel", "fir_downsample", "fir_upsample", "variance_scaling_",
-    "MappingNetwork", "AdaptiveGroupNorm", "ImageEncoder", "CondResBlock", "SelfAttention", "ConditionalGenerator",
+    "PixelNorm", "MappingNetwork", "AdaptiveGroupNorm", "ImageEncoder", "CondResBlock", "SelfAttention",
+    "PyramidDown", "ConditionalGenerator", "build_generator", "draw_latent",
 ]
 
-
-# ------------------------------------------------------------------------------------------------
-# small pure helpers
-# ------------------------------------------------------------------------------------------------
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of integer times ``t`` (B,) -> (B, dim): [sin(t w_i), cos(t w_i)], w_i = P^(-i/(h-1)).
-
-    Same convention as DDPM/NCSN++ (``get_timestep_embedding``): h = dim // 2 frequencies from 1 down to
-    1/max_period, sine half first; an odd ``dim`` is zero-padded.
-    """
-    if t.ndim != 1:
-        raise ValueError(f"timestep_embedding: t must be (B,), got shape {tuple(t.shape)}")
-    half = dim // 2
-    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=t.device) * -(math.log(max_period) / max(half - 1, 1)))
-    args = t.float()[:, None] * freqs[None, :]
-    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
-    if dim % 2 == 1:
-        emb = F.pad(emb, (0, 1))
-    return emb
-
-
-def variance_scaling_(weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """DDPM initialisation: uniform variance scaling with fan_avg; ``scale = 0`` means 1e-10 (near-zero init)."""
-    scale = 1e-10 if scale == 0 else scale
-    receptive = weight[0, 0].numel() if weight.ndim > 2 else 1
-    fan_in, fan_out = weight.shape[1] * receptive, weight.shape[0] * receptive
-    bound = math.sqrt(3.0 * scale / ((fan_in + fan_out) / 2.0))
-    with torch.no_grad():
-        return weight.uniform_(-bound, bound)
-
-
-def _conv(cin: int, cout: int, k: int = 3, init_scale: float = 1.0, bias: bool = True, stride: int = 1,
-          padding: int | None = None) -> nn.Conv2d:
-    conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2 if padding is None else padding, bias=bias)
-    variance_scaling_(conv.weight, init_scale)
-    if bias:
-        nn.init.zeros_(conv.bias)
-    return conv
-
-
-def _linear(cin: int, cout: int, init_scale: float = 1.0) -> nn.Linear:
-    lin = nn.Linear(cin, cout)
-    variance_scaling_(lin.weight, init_scale)
-    nn.init.zeros_(lin.bias)
-    return lin
-
-
-def _body_groups(c: int) -> int:
-    return max(1, min(c // 4, 32))
-
-
-def _encoder_groups(c: int) -> int:
-    return max(g for g in range(1, 33) if c % g == 0)
-
-
-def fir_kernel(taps: Sequence[float] = (1, 3, 3, 1)) -> torch.Tensor:
-    """Separable 2-D FIR kernel ``outer(k, k) / sum`` (4, 4) for the StyleGAN2 [1,3,3,1] filter."""
-    k = torch.tensor(taps, dtype=torch.float32)
-    k2 = torch.outer(k, k)
-    return k2 / k2.sum()
-
-
-def _depthwise(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    c = x.shape[1]
-    return F.conv2d(x, k.to(x)[None, None].expand(c, 1, *k.shape), groups=c)
-
-
-def fir_downsample(x: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
-    """Blur with the FIR kernel and keep every second pixel: (B, C, H, W) -> (B, C, H/2, W/2).
-
-    Equivalent to upfirdn2d(x, k, down=2, pad=(1, 1)) of StyleGAN2, in plain PyTorch.
-    """
-    k = fir_kernel() if k is None else k
-    p = k.shape[0] - 2
-    x = F.pad(x, ((p + 1) // 2, p // 2, (p + 1) // 2, p // 2))
-    return _depthwise(x, k)[:, :, ::2, ::2]
-
-
-def fir_upsample(x: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
-    """Zero-insertion up-sampling followed by the FIR kernel (x4 gain): (B, C, H, W) -> (B, C, 2H, 2W).
-
-    Equivalent to upfirdn2d(x, 4k, up=2, pad=(2, 1)) of StyleGAN2, in plain PyTorch.
-    """
-    k = fir_kernel() if k is None else k
-    b, c, h, w = x.shape
-    up = x.new_zeros(b, c, h * 2, w * 2)
-    up[:, :, ::2, ::2] = x
-    p = k.shape[0] - 2
-    up = F.pad(up, ((p + 1) // 2 + 1, p // 2, (p + 1) // 2 + 1, p // 2))
-    return _depthwise(up, k * 4)
-
-
-def _down(x: torch.Tensor, resample: str) -> torch.Tensor:
-    return fir_downsample(x) if resample == "fir" else F.avg_pool2d(x, 2)
-
-
-def _up(x: torch.Tensor, resample: str) -> torch.Tensor:
-    return fir_upsample(x) if resample == "fir" else F.interpolate(x, scale_factor=2.0, mode="nearest")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -165,9 +73,9 @@ class MappingNetwork(nn.Module):
 
     def __init__(self, nz: int = 100, z_emb_dim: int = 256, n_mlp: int = 3) -> None:
         super().__init__()
-        layers: list[nn.Module] = [PixelNorm(), _linear(nz, z_emb_dim), nn.SiLU()]
+        layers: list[nn.Module] = [PixelNorm(), init_linear(nz, z_emb_dim), nn.SiLU()]
         for _ in range(n_mlp):
-            layers += [_linear(z_emb_dim, z_emb_dim), nn.SiLU()]
+            layers += [init_linear(z_emb_dim, z_emb_dim), nn.SiLU()]
         self.net = nn.Sequential(*layers)
         self.nz, self.z_emb_dim = nz, z_emb_dim
 
@@ -178,7 +86,7 @@ class MappingNetwork(nn.Module):
 
 
 class AdaptiveGroupNorm(nn.Module):
-    """AdaGN: ``gamma(w) * GroupNorm(h) + beta(w)`` with (gamma, beta) = Linear(w) (method.md §1.3).
+    """AdaGN: ``gamma(w) * GroupNorm(h) + beta(w)`` with (gamma, beta) = Linear(w) (book/decisions.md).
 
     ``h`` (B, C, H, W), ``w`` (B, style_dim) -> (B, C, H, W). The GroupNorm has no affine parameters; the
     Linear's bias starts at gamma = 1, beta = 0, so with a zero style the layer is a plain GroupNorm.
@@ -187,7 +95,7 @@ class AdaptiveGroupNorm(nn.Module):
     def __init__(self, num_groups: int, channels: int, style_dim: int) -> None:
         super().__init__()
         self.norm = nn.GroupNorm(num_groups, channels, affine=False, eps=1e-6)
-        self.style = _linear(style_dim, 2 * channels)
+        self.style = init_linear(style_dim, 2 * channels)
         with torch.no_grad():
             self.style.bias[:channels] = 1.0
             self.style.bias[channels:] = 0.0
@@ -202,7 +110,7 @@ class EncoderBlock(nn.Module):
 
     def __init__(self, channels: int, dropout: float = 0.0) -> None:
         super().__init__()
-        g = _encoder_groups(channels)
+        g = encoder_groups(channels)
         self.body = nn.Sequential(
             nn.GroupNorm(g, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
             nn.GroupNorm(g, channels), nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(channels, channels, 3, padding=1))
@@ -240,21 +148,21 @@ class CondResBlock(nn.Module):
                  down: bool = False, dropout: float = 0.0, resample: str = "fir") -> None:
         super().__init__()
         out_ch = out_ch or in_ch
-        self.norm0 = AdaptiveGroupNorm(_body_groups(in_ch), in_ch, style_dim)
-        self.conv0 = _conv(in_ch, out_ch)
-        self.temb = _linear(temb_dim, out_ch)
-        self.norm1 = AdaptiveGroupNorm(_body_groups(out_ch), out_ch, style_dim)
+        self.norm0 = AdaptiveGroupNorm(body_groups(in_ch), in_ch, style_dim)
+        self.conv0 = init_conv(in_ch, out_ch)
+        self.temb = init_linear(temb_dim, out_ch)
+        self.norm1 = AdaptiveGroupNorm(body_groups(out_ch), out_ch, style_dim)
         self.dropout = nn.Dropout(dropout)
-        self.conv1 = _conv(out_ch, out_ch, init_scale=0.0)
-        self.skip = _conv(in_ch, out_ch, k=1) if (in_ch != out_ch or up or down) else None
+        self.conv1 = init_conv(out_ch, out_ch, init_scale=0.0)
+        self.skip = init_conv(in_ch, out_ch, k=1) if (in_ch != out_ch or up or down) else None
         self.up, self.down, self.resample = up, down, resample
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         h = F.silu(self.norm0(x, w))
         if self.up:
-            h, x = _up(h, self.resample), _up(x, self.resample)
+            h, x = up(h, self.resample), up(x, self.resample)
         elif self.down:
-            h, x = _down(h, self.resample), _down(x, self.resample)
+            h, x = down(h, self.resample), down(x, self.resample)
         h = self.conv0(h) + self.temb(F.silu(temb))[:, :, None, None]
         h = self.conv1(self.dropout(F.silu(self.norm1(h, w))))
         if self.skip is not None:
@@ -270,9 +178,9 @@ class SelfAttention(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.norm = nn.GroupNorm(_body_groups(channels), channels, eps=1e-6)
-        self.q, self.k, self.v = (_conv(channels, channels, k=1) for _ in range(3))
-        self.out = _conv(channels, channels, k=1, init_scale=0.0)
+        self.norm = nn.GroupNorm(body_groups(channels), channels, eps=1e-6)
+        self.q, self.k, self.v = (init_conv(channels, channels, k=1) for _ in range(3))
+        self.out = init_conv(channels, channels, k=1, init_scale=0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, hh, ww = x.shape
@@ -289,11 +197,11 @@ class PyramidDown(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, resample: str) -> None:
         super().__init__()
         self.resample = resample
-        self.conv = _conv(in_ch, out_ch, stride=2 if resample == "fir" else 1, padding=0 if resample == "fir" else 1)
+        self.conv = init_conv(in_ch, out_ch, stride=2 if resample == "fir" else 1, padding=0 if resample == "fir" else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.resample == "fir":  # upfirdn2d(x, k, pad=(2, 2)) then a valid stride-2 conv (score_sde conv_downsample_2d)
-            return self.conv(_depthwise(F.pad(x, (2, 2, 2, 2)), fir_kernel()))
+            return self.conv(depthwise_blur(F.pad(x, (2, 2, 2, 2)), fir_kernel()))
         return self.conv(F.avg_pool2d(x, 2))
 
 
@@ -301,7 +209,7 @@ class PyramidDown(nn.Module):
 # the generator
 # ------------------------------------------------------------------------------------------------
 class ConditionalGenerator(nn.Module):
-    """x0 predictor G(x_t, t, I, z) of cDAL (DDGAN NCSN++ with AdaGN + image encoder; method.md §1.3).
+    """x0 predictor G(x_t, t, I, z) of cDAL (DDGAN NCSN++ with AdaGN + image encoder; book/decisions.md).
 
     Args:
         label_channels: channels of the label map x (1 for binary tasks, K for one-hot multiclass).
@@ -337,10 +245,10 @@ class ConditionalGenerator(nn.Module):
         self.attn_levels = {i for i, r in enumerate(resolutions) if r in set(attn_resolutions)}
         temb_dim = 4 * nf
 
-        self.temb = nn.Sequential(_linear(nf, temb_dim), nn.SiLU(), _linear(temb_dim, temb_dim))
+        self.temb = nn.Sequential(init_linear(nf, temb_dim), nn.SiLU(), init_linear(temb_dim, temb_dim))
         self.mapping = MappingNetwork(nz, z_emb_dim, n_mlp)
         self.encoder = ImageEncoder(image_channels, nf, enc_blocks, dropout)
-        self.conv_in = _conv(label_channels, nf)
+        self.conv_in = init_conv(label_channels, nf)
 
         block = lambda cin, cout=None, **kw: CondResBlock(cin, cout, temb_dim, z_emb_dim, dropout=dropout,  # noqa: E731
                                                           resample=resample, **kw)
@@ -381,8 +289,8 @@ class ConditionalGenerator(nn.Module):
             if i != 0:
                 self.upsamplers.append(block(in_ch, up=True))
         assert not hs_c
-        self.head = nn.Sequential(nn.GroupNorm(_body_groups(in_ch), in_ch, eps=1e-6), nn.SiLU(),
-                                  _conv(in_ch, label_channels, init_scale=0.0))
+        self.head = nn.Sequential(nn.GroupNorm(body_groups(in_ch), in_ch, eps=1e-6), nn.SiLU(),
+                                  init_conv(in_ch, label_channels, init_scale=0.0))
 
     def num_parameters(self) -> int:
         """Total number of parameters."""
@@ -442,3 +350,21 @@ class ConditionalGenerator(nn.Module):
             if j < len(self.upsamplers):
                 hcur = self.upsamplers[j](hcur, temb, wz)
         return torch.tanh(self.head(hcur))
+
+
+def build_generator(cfg: "CDALConfig", label_ch: int, image_ch: int) -> ConditionalGenerator:
+    """The generator of a :class:`~diffseg_core.cdal.config.CDALConfig` for ``label_ch`` label channels and
+    ``image_ch`` image channels."""
+    return ConditionalGenerator(label_channels=label_ch, image_channels=image_ch, nf=cfg.nf, ch_mult=cfg.ch_mult,
+                                num_res_blocks=cfg.num_res_blocks, attn_resolutions=cfg.attn_resolutions,
+                                image_size=cfg.image_size, nz=cfg.nz, z_emb_dim=cfg.z_emb_dim, n_mlp=cfg.n_mlp,
+                                enc_blocks=cfg.enc_blocks, resample=cfg.resample, dropout=cfg.dropout)
+
+
+def draw_latent(G: ConditionalGenerator, batch: int, use_latent: bool, like: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """A fresh z ~ N(0, I_nz) ``(batch, G.nz)`` on ``like``'s device and dtype; ``None`` (z = 0, decision D18)
+    when ``use_latent`` is False. cDAL draws a new z for every forward pass, in training and sampling."""
+    if not use_latent:
+        return None
+    return torch.randn(batch, G.nz, device=like.device, dtype=like.dtype, generator=generator)

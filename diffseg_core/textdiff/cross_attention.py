@@ -5,8 +5,8 @@ The taught core is the paper's **Eq. 3** (Feng, MICCAI 2024, Sec. 2.3)::
     Attention(Q, K, V) = softmax(Q K^T / sqrt(d)) V,   Q = W_Q f  (pixels),  K = W_K e, V = W_V e  (tokens)
 
 computed by the pure function :func:`cross_attention`. Around it we build what the official code
-(``src/transformer.py`` ``BasicTransformerBlock``, method.md §3 "Cross-modal attention") actually runs
-(method.md T2: follow the code, teach Eq. 3 as its core):
+(``src/transformer.py`` ``BasicTransformerBlock``, book/decisions.md) actually runs
+(book/decisions.md, T2: follow the code, teach Eq. 3 as its core):
 
 * :class:`CrossAttention`: bias-free q/k/v projections, ``heads`` x ``dim_head``, output Linear followed by
   a LayerNorm; it keeps ``attention_weights`` ``(B, heads, HW, L)`` after every forward (for plots);
@@ -14,10 +14,10 @@ computed by the pure function :func:`cross_attention`. Around it we build what t
   cross-attention -> residual, LayerNorm -> feed-forward (GELU then Linear(dim, dim), no expansion, as in
   the code) -> residual. No self-attention among pixels, no positional encoding (as in the code);
 * :class:`MultiScaleCrossModalFusion`: 1x1 projections of each scale to ``dim``, **one block shared over
-  all scales**, applied at each scale's **native resolution** (method.md T3: the code's order, far cheaper
+  all scales**, applied at each scale's **native resolution** (book/decisions.md, T3: the code's order, far cheaper
   than up-sampling first), then bilinear up-sampling to the output size and concatenation.
 
-Ablations (method.md T10, Table 2):
+Ablations (book/decisions.md, T10, Table 2):
 
 * zeta_1, ``use_text=False``: projection + up-sampling + concatenation only (no text, no M_cro);
 * zeta_2, ``use_xattn=False``: *our choice*, since the official code has no zeta_2: the text tokens are

@@ -1,0 +1,127 @@
+"""Pre-training the substitute backbone as a DDPM on the dataset's unlabelled images (epsilon prediction, MSE).
+
+TextDiff reads a *pre-trained* diffusion U-Net. Without ADM-256's ImageNet weights (offline), the project
+trains its own: the forward process of TextDiff Eq. 1-2 on the 1000-step linear schedule of ADM
+(:func:`diffseg_core.schedule.ddpm_linear_schedule`), random crops with flips, Adam, for a number of steps
+set by the preset (:data:`DDPM_TRAINING`). This is a second, small training loop on purpose: it trains a
+network that the method then freezes, and it has none of the segmentation loop's concerns (labels,
+validation, model selection).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..device import pick_device
+from ..schedule import ddpm_linear_schedule, q_sample
+from .backbone import BACKBONE_FILE, CHECKPOINT_FORMAT, backbone_arch, build_from_arch, freeze, jsonable_arch
+
+__all__ = ["DDPM_TRAINING", "pretrain_ddpm"]
+
+#: DDPM pre-training per preset: optimiser steps, batch size, crop size (px), learning rate.
+DDPM_TRAINING: dict[str, dict[str, Any]] = {
+    "smoke": dict(steps=4, batch_size=2, crop=32, lr=1e-3),
+    "cpu": dict(steps=400, batch_size=8, crop=64, lr=1e-3),
+    "gpu": dict(steps=6000, batch_size=16, crop=128, lr=2e-4),
+    "paper": dict(steps=50000, batch_size=8, crop=256, lr=1e-4),
+}
+
+
+def random_crops(images: torch.Tensor, crop: int, n: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` random ``crop`` x ``crop`` windows with random flips from ``images`` ``(N, C, H, W)``."""
+    N, C, H, W = images.shape
+    crop = min(crop, H, W)
+    idx = torch.randint(N, (n,), generator=gen)
+    ys = torch.randint(H - crop + 1, (n,), generator=gen)
+    xs = torch.randint(W - crop + 1, (n,), generator=gen)
+    out = torch.stack([images[i, :, y:y + crop, x:x + crop] for i, y, x in zip(idx.tolist(), ys.tolist(), xs.tolist())])
+    flip_h = torch.rand(n, generator=gen) < 0.5
+    flip_v = torch.rand(n, generator=gen) < 0.5
+    out[flip_h] = out[flip_h].flip(-1)
+    out[flip_v] = out[flip_v].flip(-2)
+    return out
+
+
+def pretrain_ddpm(images: torch.Tensor, preset: str, steps: int | None = None, run_dir: str | Path | None = None,
+                  seed: int = 0, progress: bool = True, batch_size: int | None = None, crop: int | None = None,
+                  lr: float | None = None, device: torch.device | None = None) -> tuple[nn.Module, list[float]]:
+    """Train the substitute backbone as a DDPM on unlabelled images (epsilon prediction, MSE).
+
+    Args:
+        images: ``(N, C, H, W)`` in [0, 1] (mapped to [-1, 1] as ADM's inputs).
+        preset: architecture and default training length (:data:`BACKBONE_ARCHS`, :data:`DDPM_TRAINING`).
+        steps, batch_size, crop, lr: override the preset's training settings. Training uses random
+            ``crop`` x ``crop`` windows with flips; features are later read on whole images.
+        run_dir: when given, the checkpoint ``run_dir/backbone.pt`` is **reused** if it exists (same
+            architecture and steps), else written atomically at the end.
+        seed: seeds the crops, time steps and noise.
+        device: where to train (default: :func:`~diffseg_core.device.pick_device`).
+
+    Returns:
+        the frozen U-Net (eval mode, no gradients) and the per-step losses.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"pretrain_ddpm: images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    if float(images.min()) < -1e-4 or float(images.max()) > 1 + 1e-4:
+        raise ValueError(f"pretrain_ddpm: images must be in [0, 1], got [{float(images.min()):.3g}, {float(images.max()):.3g}]")
+    settings = dict(DDPM_TRAINING[preset] if preset in DDPM_TRAINING else {})
+    if not settings:
+        raise ValueError(f"unknown backbone preset {preset!r}; choose one of {', '.join(DDPM_TRAINING)}")
+    for k, v in dict(steps=steps, batch_size=batch_size, crop=crop, lr=lr).items():
+        if v is not None:
+            settings[k] = v
+    arch = backbone_arch(preset)
+    in_channels = int(images.shape[1])
+    device = device or pick_device()
+    path = Path(run_dir) / BACKBONE_FILE if run_dir is not None else None
+    if path is not None and path.is_file():
+        ckpt = load_checkpoint(path)
+        want = dict(arch=jsonable_arch(arch), in_channels=in_channels, steps=int(settings["steps"]))
+        have = dict(arch=ckpt.get("arch"), in_channels=ckpt.get("in_channels"), steps=ckpt.get("steps"))
+        if have != want:
+            raise ValueError(f"{path} holds a backbone trained with {have}, but this run asks for {want}; "
+                             f"use another run folder or delete {path}")
+        unet = build_from_arch(arch, in_channels)
+        unet.load_state_dict(ckpt["state_dict"])
+        if progress:
+            print(f"backbone: reusing {path} ({ckpt['steps']} DDPM steps, final loss {ckpt['losses'][-1]:.4f})")
+        return freeze(unet.to(device)), list(ckpt["losses"])
+
+    gen = torch.Generator().manual_seed(int(seed))
+    torch.manual_seed(int(seed))
+    unet = build_from_arch(arch, in_channels).to(device)
+    sched = ddpm_linear_schedule(1000)  # ADM's schedule: 1000 linear steps, beta 1e-4 -> 0.02
+    opt = torch.optim.Adam(unet.parameters(), lr=float(settings["lr"]))
+    data = images.float().cpu() * 2 - 1  # ADM's inputs are in [-1, 1]
+    losses: list[float] = []
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    unet.train()
+    for _ in tqdm(range(int(settings["steps"])), desc="DDPM pre-training", disable=not progress, leave=False):
+        x0 = random_crops(data, int(settings["crop"]), int(settings["batch_size"]), gen).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        t = torch.randint(0, 1000, (x0.shape[0],), generator=gen).to(device)
+        xt = q_sample(sched, x0, t + 1, noise)  # TextDiff Eq. 2; network time t is schedule level t + 1
+        loss = F.mse_loss(unet(xt, t), noise)  # epsilon prediction
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    seconds = time.perf_counter() - t0
+    unet = freeze(unet)
+    if path is not None:
+        save_checkpoint({"format": CHECKPOINT_FORMAT, "arch": jsonable_arch(arch), "in_channels": in_channels,
+                         "preset": preset, "steps": int(settings["steps"]), "settings": settings, "seed": int(seed),
+                         "losses": losses, "seconds": seconds, "n_images": int(images.shape[0]),
+                         "state_dict": {k: v.cpu() for k, v in unet.state_dict().items()}}, path)
+    if progress and losses:
+        print(f"backbone: DDPM pre-training {len(losses)} steps in {seconds:.0f} s, loss {losses[0]:.3f} -> "
+              f"{sum(losses[-10:]) / len(losses[-10:]):.3f}" + (f"; saved {path}" if path else ""))
+    return unet, losses
