@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffseg_core.cross_attention import (CrossAttention, CrossModalBlock, MultiScaleCrossModalFusion,
+from diffseg_core.textdiff.cross_attention import (CrossAttention, CrossModalBlock, MultiScaleCrossModalFusion,
                                           cross_attention, masked_mean)
 
 
