@@ -129,3 +129,19 @@ def test_paper_generator_parameter_counts(dataset):
     assert isinstance(g.encoder, ImageEncoder)
     want_map = 56_064 if dataset == "hippocampus" else 223_232
     assert sum(p.numel() for p in g.mapping.parameters()) == want_map
+
+
+def test_precomputed_image_features_give_the_same_prediction():
+    """A sampler may encode the image once (it depends on nothing else) and reuse it for every step and member."""
+    G = tiny_g()
+    x, img, z = torch.randn(2, 1, 16, 16), torch.randn(2, 3, 16, 16), torch.randn(2, 8)
+    t = torch.tensor([0, 1])
+    with torch.no_grad():
+        whole = G(x, t, img, z)
+        feats = G.encode(img)
+        assert feats.shape == (2, 8, 16, 16)
+        assert torch.equal(G(x, t, z=z, image_features=feats), whole)
+    with pytest.raises(ValueError, match="exactly one"):
+        G(x, t, img, z, image_features=feats)
+    with pytest.raises(ValueError, match="image_features must be"):
+        G(x, t, z=z, image_features=feats[:, :4])

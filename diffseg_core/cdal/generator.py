@@ -302,14 +302,26 @@ class ConditionalGenerator(nn.Module):
             z = like.new_zeros(batch, self.nz)
         return self.mapping(z)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, image: torch.Tensor,
-                z: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """The light image encoder: image (B, Ci, H, W), normalised -> features (B, nf, H, W).
+
+        It depends on the image only (no time, no z), so a sampler computes it once per image and passes
+        it to every step and ensemble member as ``image_features``.
+        """
+        if image.ndim != 4 or image.shape[1] != self.image_channels:
+            raise ValueError(f"ConditionalGenerator.encode: image must be (B, {self.image_channels}, H, W), "
+                             f"got {tuple(image.shape)}")
+        return self.encoder(image)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, image: torch.Tensor | None = None,
+                z: torch.Tensor | None = None, image_features: torch.Tensor | None = None) -> torch.Tensor:
         """Predict x0.
 
         Args:
             x_t: noisy label (B, Cl, H, W) at the more-noisy level t+1 (H, W divisible by ``self.divisor``).
             t: code time (B,) int64 in 0..T-1.
-            image: conditioning image (B, Ci, H, W), already normalised by the caller.
+            image: conditioning image (B, Ci, H, W), already normalised by the caller; or ``None`` when
+                ``image_features`` (what :meth:`encode` returned for it) is given instead.
             z: latent (B, nz) or ``None`` (z = 0).
         Returns:
             x0_hat (B, Cl, H, W) in [-1, 1] (tanh).
@@ -317,9 +329,16 @@ class ConditionalGenerator(nn.Module):
         b, c, h, w = x_t.shape
         if c != self.label_channels:
             raise ValueError(f"ConditionalGenerator: x_t has {c} channels, expected {self.label_channels}")
-        if image.shape[0] != b or image.shape[1] != self.image_channels or image.shape[2:] != x_t.shape[2:]:
-            raise ValueError(f"ConditionalGenerator: image {tuple(image.shape)} does not match x_t {tuple(x_t.shape)} "
-                             f"with {self.image_channels} image channels")
+        if (image is None) == (image_features is None):
+            raise ValueError("ConditionalGenerator: give exactly one of image and image_features")
+        if image is not None:
+            if image.shape[0] != b or image.shape[1] != self.image_channels or image.shape[2:] != x_t.shape[2:]:
+                raise ValueError(f"ConditionalGenerator: image {tuple(image.shape)} does not match x_t "
+                                 f"{tuple(x_t.shape)} with {self.image_channels} image channels")
+            image_features = self.encode(image)
+        elif image_features.shape != (b, self.nf, h, w):
+            raise ValueError(f"ConditionalGenerator: image_features must be (B, nf, H, W) = {(b, self.nf, h, w)}, "
+                             f"got {tuple(image_features.shape)}")
         if h % self.divisor or w % self.divisor:
             raise ValueError(f"ConditionalGenerator: spatial size {h}x{w} must be divisible by {self.divisor} "
                              f"({len(self.ch_mult)} levels)")
@@ -328,7 +347,7 @@ class ConditionalGenerator(nn.Module):
         temb = self.temb(timestep_embedding(t, self.nf))
         wz = self.style(z, b, x_t)
 
-        hs = [self.conv_in(x_t) + self.encoder(image)]     # image features added once, before the first block
+        hs = [self.conv_in(x_t) + image_features]           # image features added once, before the first block
         pyramid = x_t
         hcur = hs[-1]
         for i, blocks in enumerate(self.down_blocks):
