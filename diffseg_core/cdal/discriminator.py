@@ -1,4 +1,6 @@
-"""cDAL's discriminator D(x_{t-1}, x_t, t) and the spatial attention map A_D (book/decisions.md, cDAL Eq. 4).
+"""cDAL's discriminator D(x_{t-1}, x_t, t) and the spatial attention map A_D (book/decisions.md, D6-D8).
+
+cDAL states A_D without an equation number; it shapes the generator's training input of cDAL Eq. 4.
 
 D is DDGAN's time-conditioned ResNet discriminator. It sees a **pair** of label maps, the less-noisy one
 (level t, the paper's x_{t-1}) and the more-noisy one (level t+1, the paper's x_t), concatenated on
@@ -162,7 +164,7 @@ class TimeConditionedDiscriminator(nn.Module):
 
 def spatial_attention(features: Sequence[torch.Tensor], index: int, size: tuple[int, int],
                       norm: str = "raw") -> torch.Tensor:
-    """cDAL's spatial attention map A_D = up( (1/C) sum_c F_c ) (Eq. 4; book/decisions.md, D6).
+    """cDAL's spatial attention map A_D = up( (1/C) sum_c F_c ) (unnumbered in cDAL; book/decisions.md, D6).
 
     Args:
         features: per-stage maps of D (``features[index]`` is (B, C, h, w)).

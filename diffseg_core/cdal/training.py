@@ -39,7 +39,9 @@ def _randint_t(sched: Schedule, batch: int, device: torch.device) -> torch.Tenso
 @torch.no_grad()
 def attention_map(D: TimeConditionedDiscriminator | None, sched: Schedule, x0: torch.Tensor, t: torch.Tensor,
                   cfg: CDALConfig) -> torch.Tensor:
-    """A_D (B, 1, H, W) for labels x0 (B, Cl, H, W) at code times t (B,) (Eq. 4; book/decisions.md, D8).
+    """A_D (B, 1, H, W) for labels x0 (B, Cl, H, W) at code times t (B,) (unnumbered in cDAL; book/decisions.md, D8).
+
+    A_D shapes the generator's training input of cDAL Eq. 4 (x_{t+1} is drawn from A_D * x0).
 
     D's features of a freshly drawn **real** pair (x_t, x_{t+1}) at stage ``D.stage_for_scale(cfg.attn_scale)``,
     averaged over channels and bilinearly up-sampled; ``cfg.attn_norm`` 'raw' or 'minmax'. Without

@@ -1,11 +1,13 @@
 """Diffusion features for TextDiff: a frozen denoising U-Net read out at a few noise levels.
 
 TextDiff (Feng, MICCAI 2024, Sec. 2.1), following ddpm-segmentation, noises the image with the forward
-process (Eq. 1)::
+process, whose step q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I) is TextDiff Eq. 1, in one shot
+through its closed form (DDPM Eq. 4; not numbered in TextDiff)::
 
     q(x_t | x_0) = N(x_t; sqrt(abar_t) x_0, (1 - abar_t) I),   abar_t = prod_{s<=t} (1 - beta_s)
 
-i.e. ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` (Eq. 2), runs the frozen denoiser once per
+i.e. ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``. It then reads the network of the reverse process
+(TextDiff Eq. 2, p_theta(x_{t-1} | x_t)): it runs the frozen denoiser once per
 ``t in {50, 150, 250}`` of a 1000-step linear schedule (beta 1e-4 -> 0.02) with **one shared noise
 tensor** ``eps``, and reads the outputs of chosen decoder blocks with forward hooks. For each block the
 three steps are **concatenated along channels at the block's own resolution** (book/decisions.md).
@@ -46,7 +48,7 @@ ADM_STEPS = 1000
 
 
 def ddpm_signal_levels(timesteps: Sequence[int]) -> torch.Tensor:
-    """Signal amplitude ``sqrt(abar_t) = sqrt(prod_{s<=t} (1 - beta_s))`` of TextDiff Eq. 2 at each network time
+    """Signal amplitude ``sqrt(abar_t) = sqrt(prod_{s<=t} (1 - beta_s))`` of q(x_t | x_0) at each network time
     ``t`` (ADM's 1000 linear betas, :func:`~diffseg_core.schedule.linear_betas`), ``(n,)`` float64.
 
     ``t`` counts from 0 as ADM and MONAI do, so it is level ``t + 1`` of our
@@ -138,7 +140,7 @@ class DiffusionFeatureExtractor:
                  noise_seed: int = 0) -> None:
         self.unet = freeze(unet)
         self.timesteps = tuple(int(t) for t in timesteps)
-        self.schedule = ddpm_linear_schedule(ADM_STEPS)  # the backbone's forward process (TextDiff Eq. 1-2)
+        self.schedule = ddpm_linear_schedule(ADM_STEPS)  # the backbone's forward process (TextDiff Eq. 1)
         self.all_blocks = decoder_blocks(unet)
         self.blocks = list(blocks) if blocks is not None else select_blocks_by_resolution(unet)
         bad = [b for b in self.blocks if not 0 <= b < len(self.all_blocks)]
@@ -192,7 +194,7 @@ class DiffusionFeatureExtractor:
         x0 = images.to(device, torch.float32) * 2 - 1  # ADM's inputs are in [-1, 1]
         eps = self.noise(tuple(images.shape[1:])).to(device)  # (1, C, H, W), shared by all images and steps
         t = torch.tensor(self.timesteps, device=device).repeat_interleave(B)  # (n*B,), step-major
-        xt = q_sample(self.schedule, x0.repeat(n, 1, 1, 1), t + 1, eps)  # (n*B, C, H, W), TextDiff Eq. 2 at level t+1
+        xt = q_sample(self.schedule, x0.repeat(n, 1, 1, 1), t + 1, eps)  # (n*B, C, H, W): q(x_t | x_0) at level t+1
         grabbed: dict[int, torch.Tensor] = {}
         handles = [self.all_blocks[b].module.register_forward_hook(
             lambda _m, _i, out, b=b: grabbed.__setitem__(b, out)) for b in self.blocks]
