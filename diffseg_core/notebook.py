@@ -97,6 +97,23 @@ def show_source(obj: Any, lines: tuple[int, int] | None = None) -> None:
     _markdown(f"`{module}.{getattr(obj, '__qualname__', '')}`\n\n```python\n{src}\n```")
 
 
+def glue(name: str, value: Any) -> Any:
+    """Make a measured ``value`` available to the chapter's prose as ``{glue:text}`name:.3f``` (MyST-NB glue).
+
+    Nothing is displayed. NumPy and torch scalars become Python numbers, so that the format spec of the
+    role applies in the rendered book. Where ``myst_nb`` is not installed (e.g. Colab) nothing is stored;
+    the value is returned either way, so a notebook can assert on what its prose quotes.
+    """
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    try:
+        from myst_nb import glue as _glue
+    except ImportError:  # pragma: no cover - the book build always has myst_nb
+        return value
+    _glue(name, value, display=False)
+    return value
+
+
 def _markdown(text: str) -> None:
     try:
         from IPython import get_ipython
