@@ -128,6 +128,12 @@ def data_fingerprint(cases: Sequence[Case]) -> str:
     return h.hexdigest()
 
 
+def training_data_record(chosen: Sequence[Case], split: Sequence[Case]) -> dict[str, Any]:
+    """What a checkpoint records about its training data: the chosen ids and a fingerprint of the whole
+    training split (TextDiff pre-trains its backbone on all of it, not only on the chosen images)."""
+    return {"train_ids": [c.id for c in chosen], "fingerprint": data_fingerprint(split)}
+
+
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -177,10 +183,13 @@ def _call_hooks(hooks: Iterable[LoopHooks], name: str, *args: Any) -> None:
 
 
 def fit(method: SegMethod, train_cases: Sequence[Case], val_cases: Sequence[Case], run_dir: str | Path | None = None,
-        resume: bool = False, hooks: Sequence[LoopHooks] = (), progress: bool = True) -> History:
+        resume: bool = False, hooks: Sequence[LoopHooks] = (), progress: bool = True,
+        data_record: dict[str, Any] | None = None) -> History:
     """Train ``method`` for ``cfg.train.steps`` steps (or until ``cfg.train.max_minutes``).
 
     Returns the :class:`History`; the method is left holding the **best-on-validation** weights.
+    ``data_record`` (saved in every checkpoint, checked by :func:`check_resume`) describes the training
+    data; by default the ids and :func:`data_fingerprint` of ``train_cases``.
     """
     from tqdm.auto import tqdm
 
@@ -204,7 +213,7 @@ def fit(method: SegMethod, train_cases: Sequence[Case], val_cases: Sequence[Case
         _set_rng_state(ckpt["rng"])
         history.resumed_at.append(history.last_step)
         print(f"resumed from {last_path} at step {history.last_step} ({history.seconds:.0f} s already trained)")
-    data_record = {"train_ids": [c.id for c in train_cases], "fingerprint": data_fingerprint(train_cases)}
+    data_record = data_record or training_data_record(train_cases, train_cases)
 
     def checkpoint_payload() -> dict[str, Any]:
         return {"format": "diffseg-run/2", "config": cfg.to_dict(), "dataset_info": asdict(method.info),
@@ -344,8 +353,9 @@ def check_run_folder(run_dir: str | Path) -> None:
                              f"({exc.strerror or exc}); choose another --out, or fix the folder's permissions") from exc
 
 
-def check_resume(run_dir: str | Path, cfg: RunConfig, train_cases: Sequence[Case]) -> dict[str, Any]:
-    """Check, before anything is written, that ``run_dir/last.pt`` can be resumed with ``cfg`` on ``train_cases``.
+def check_resume(run_dir: str | Path, cfg: RunConfig, data_record: dict[str, Any]) -> dict[str, Any]:
+    """Check, before anything is written, that ``run_dir/last.pt`` can be resumed with ``cfg`` on the data
+    described by ``data_record`` (:func:`training_data_record`).
 
     The checkpoint must be readable, hold the same settings as ``cfg`` (except :data:`RESUMABLE_CHANGES`)
     and record the same training images (ids and pixels). Returns the checkpoint.
@@ -366,10 +376,10 @@ def check_resume(run_dir: str | Path, cfg: RunConfig, train_cases: Sequence[Case
         raise RunFolderError(f"{last}: was trained with other settings ({shown}); resume with the options it was "
                              "trained with (only --steps and --minutes may change), or train into another --out")
     data = ckpt.get("data") or {}
-    ids = [c.id for c in train_cases]
-    if data and (data.get("train_ids") != ids or data.get("fingerprint") != data_fingerprint(train_cases)):
-        what = "other images" if data.get("train_ids") != ids else "the same file names with other pixels"
-        raise RunFolderError(f"{last}: was trained on {what} than the data given now; resume with the --data it was "
+    if data and data != data_record:
+        what = ("other training images than" if data.get("train_ids") != data_record["train_ids"]
+                else "training images of the same names as, but other pixels than,")
+        raise RunFolderError(f"{last}: was trained on {what} the data given now; resume with the --data it was "
                              "trained on, or train into another --out")
     return ckpt
 
@@ -392,20 +402,22 @@ def run_training(cfg: RunConfig, dataset: SegDataset, run_dir: str | Path | None
     if verbose:
         print(cfg.summary())
         print(f"device: {describe_device(device)} | data: {dataset.description or dataset.name} ({dataset.source})")
-    train_cases = dataset.split("train")
-    check_training_cases(dataset, train_cases)
+    split = dataset.split("train")
+    check_training_cases(dataset, split)
     val_cases = dataset.split("val")
     method = build_method(cfg, dataset, device)
-    train_cases = method.select_training_cases(train_cases, cfg.seed)
+    train_cases = method.select_training_cases(split, cfg.seed)
+    data_record = training_data_record(train_cases, split)
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is None:
         method.prepare(train_cases, None)
-        history = fit(method, train_cases, val_cases, run_dir=None, hooks=hooks, progress=progress)
+        history = fit(method, train_cases, val_cases, run_dir=None, hooks=hooks, progress=progress,
+                      data_record=data_record)
     else:
         check_run_folder(run_dir)
         RunLock(run_dir).check()
         if resume:
-            check_resume(run_dir, cfg, train_cases)
+            check_resume(run_dir, cfg, data_record)
         created = not run_dir.exists()
         before = set(os.listdir(run_dir)) if not created else set()
         lock = RunLock(run_dir)
@@ -419,7 +431,7 @@ def run_training(cfg: RunConfig, dataset: SegDataset, run_dir: str | Path | None
                 write_json(env, run_dir / "environment.json")
             method.prepare(train_cases, run_dir)
             history = fit(method, train_cases, val_cases, run_dir=run_dir, resume=resume, hooks=hooks,
-                          progress=progress)
+                          progress=progress, data_record=data_record)
         except BaseException:
             if not (run_dir / "last.pt").is_file():  # nothing to resume: remove what this call created
                 lock.release()

@@ -262,6 +262,10 @@ CASES: tuple[BadInput, ...] = (
              "`RUN` was trained with --seed 0.", f"{MONUSEG} --resume --seed 1",
              "RUN/last.pt: was trained with other settings (seed: 0 (saved) vs 1 (now)); resume with the options it was "
              "trained with (only --steps and --minutes may change), or train into another --out"),
+    BadInput("resume-other-data", "Run folders and checkpoints", "--resume on other data",
+             "The images in `DATA` changed since `RUN` was trained on it.", f"{MONUSEG} --resume",
+             "RUN/last.pt: was trained on training images of the same names as, but other pixels than, the data given "
+             "now; resume with the --data it was trained on, or train into another --out"),
     BadInput("config-unknown-keys", "Run folders and checkpoints", "A config with unknown keys from a newer version",
              "`RUN/config.json` has a setting `data.tile_cache` this version does not know.",
              f"{EVALUATE} --run RUN --data DATA --json OUT.json",

@@ -268,6 +268,13 @@ def _other_method_checkpoint(root: Path, runs: Runs) -> None:
     torch.save(ckpt, p)
 
 
+def _other_data(root: Path, runs: Runs) -> None:
+    runs.monuseg(root / "RUN")
+    monuseg(root / "DATA")
+    for i, cid in enumerate("abc"):
+        _rgb(root / "DATA" / "images" / f"{cid}.png", seed=10 + i)
+
+
 def _unknown_keys(root: Path, runs: Runs) -> None:
     _with_data_and_run(root, runs)
     p = root / "RUN" / "config.json"
@@ -340,6 +347,7 @@ BUILDERS = {
     "checkpoint-other-method": _other_method_checkpoint,
     "resume-other-method": _with_data_and_run,
     "resume-other-settings": _with_data_and_run,
+    "resume-other-data": _other_data,
     "config-unknown-keys": _unknown_keys,
     "run-locked": _locked,
 }
