@@ -11,7 +11,9 @@ What the loop guarantees, whatever the method:
 * **exact resume**: the checkpoint holds the torch, numpy and Python RNG states, and the training batches
   are drawn in segments of ``val_every`` steps, each from a generator seeded by ``(seed, segment)``, so a
   run resumed from ``last.pt`` (after a crash, a kill or Ctrl-C) draws the same batches and computes the
-  same losses as an uninterrupted run; a killed run loses at most one validation interval;
+  same losses as an uninterrupted run; a killed run loses at most one validation interval; Ctrl-C
+  finishes the current step before it saves (a second Ctrl-C stops at once, keeping the previous
+  ``last.pt``), so the saved state is never that of a half-done optimiser step;
 * validation before anything is written: a run folder is created only once the data, the options and
   (with ``resume``) the checkpoint, its config and its training images have been checked; a run that fails
   before its first checkpoint removes what it created; a lock file keeps a second run out of the folder;
@@ -28,7 +30,9 @@ import math
 import os
 import random
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -212,6 +216,7 @@ def fit(method: SegMethod, train_cases: Sequence[Case], val_cases: Sequence[Case
         history = History.from_dict(ckpt["history"])
         _set_rng_state(ckpt["rng"])
         history.resumed_at.append(history.last_step)
+        history.stopped = ""
         print(f"resumed from {last_path} at step {history.last_step} ({history.seconds:.0f} s already trained)")
     data_record = data_record or training_data_record(train_cases, train_cases)
 
@@ -262,10 +267,23 @@ def fit(method: SegMethod, train_cases: Sequence[Case], val_cases: Sequence[Case
         bar.set_postfix_str(f"val dice {entry.get('dice', float('nan')):.3f} (best {history.best_score:.3f} @ {history.best_step})")
         save_last()
 
+    # Ctrl-C is deferred to the end of the current step, so that last.pt never holds a half-done update
+    interrupt = {"asked": False, "at_boundary": True}
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if interrupt["asked"] or interrupt["at_boundary"]:
+            raise KeyboardInterrupt
+        interrupt["asked"] = True
+        print("\ninterrupt: finishing this step, then saving last.pt (Ctrl-C again to stop at once)", flush=True)
+
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():
+        previous_handler = signal.signal(signal.SIGINT, on_sigint)
     try:
         while step < tc.steps:
             if step > start_step and step % segment_len == 0:
                 batches = batches_from(step)
+            interrupt["at_boundary"] = False
             step += 1
             method.train()
             logs = method.train_step(_to_device(next(batches), method.device), step)
@@ -285,6 +303,9 @@ def fit(method: SegMethod, train_cases: Sequence[Case], val_cases: Sequence[Case
             out_of_time = budget is not None and history.seconds >= budget
             if step % tc.val_every == 0 or step == tc.steps or out_of_time:
                 validate()
+            interrupt["at_boundary"] = True
+            if interrupt["asked"]:
+                raise KeyboardInterrupt
             if out_of_time:
                 history.stopped = f"time budget of {tc.max_minutes} min reached at step {step}"
                 break
@@ -293,11 +314,17 @@ def fit(method: SegMethod, train_cases: Sequence[Case], val_cases: Sequence[Case
         if not history.val:  # resumed a finished run, or zero steps
             validate()
     except KeyboardInterrupt:
-        history.stopped = f"interrupted at step {step}"
-        save_last()
-        print(f"\ninterrupted: state saved to {last_path}; continue with --resume" if last_path else "\ninterrupted")
+        if interrupt["at_boundary"]:  # a consistent state: save it
+            history.stopped = f"interrupted at step {history.last_step}"
+            save_last()
+            print(f"\ninterrupted: state saved to {last_path}; continue with --resume" if last_path else "\ninterrupted")
+        else:  # stopped inside a step: the previous last.pt is the last consistent state
+            print(f"\ninterrupted inside step {step}: {last_path} (step {history.last_step}) is kept; continue with "
+                  "--resume" if last_path and last_path.is_file() else "\ninterrupted")
         raise
     finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
         bar.close()
 
     history.seconds = time.perf_counter() - clock0

@@ -190,3 +190,31 @@ def test_a_failed_run_removes_what_it_created(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         main(TRAIN + ["--out", "MINE"])
     assert sorted(p.name for p in (tmp_path / "MINE").iterdir()) == ["notes.txt"], "only what the run created goes"
+
+
+def test_ctrl_c_inside_a_step_finishes_it_saves_and_resumes_exactly(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the middle of step 5 (inside a checkpoint interval): the step completes, last.pt holds step 5,
+    and --resume (which skips the interval's batches already used) continues exactly like an uninterrupted run."""
+    from diffseg_core.methods.unet import UNetMethod
+
+    monkeypatch.chdir(tmp_path)
+    original = UNetMethod.train_step
+
+    def interrupted(self, batch, k):
+        if k == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # delivered while the step runs
+        return original(self, batch, k)
+
+    monkeypatch.setattr(UNetMethod, "train_step", interrupted)
+    assert main(TRAIN + ["--out", "RUN"]) == 130
+    ckpt = load_checkpoint(tmp_path / "RUN" / "last.pt")
+    assert ckpt["step"] == 5 and ckpt["history"]["stopped"] == "interrupted at step 5"
+    assert "finishing this step" in capsys.readouterr().out
+    monkeypatch.setattr(UNetMethod, "train_step", original)
+    assert main(TRAIN + ["--out", "RUN", "--resume"]) == 0
+    assert main(TRAIN + ["--out", "REF"]) == 0
+    resumed = json.loads((tmp_path / "RUN" / "history.json").read_text())
+    reference = json.loads((tmp_path / "REF" / "history.json").read_text())
+    assert resumed["resumed_at"] == [5] and resumed["stopped"] == reference["stopped"] == f"completed {STEPS} steps"
+    assert _losses(resumed) == _losses(reference)
+    assert _same_tensors(_weights(tmp_path / "RUN" / "last.pt"), _weights(tmp_path / "REF" / "last.pt"))
