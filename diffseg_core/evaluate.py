@@ -81,13 +81,49 @@ def evaluate_cases(method: SegMethod, cases: Sequence[Case], protocol: str = "",
     return scores
 
 
-def describe_protocol(cfg, split: str, n_images: int, checkpoint: str, volumes: bool = False) -> str:
-    """A one-sentence protocol label for a result row."""
+def limit_cases(cases: Sequence[Case], limit: int | None) -> list[Case]:
+    """The cases to score: all of them, or the first ``limit`` images (volumes, for slices) in the split's order.
+
+    Evaluation never caps silently: a subset is only taken when asked for (``evaluate --limit N``), and the
+    JSON and the protocol sentence then say how many of how many were scored.
+    """
+    cases = list(cases)
+    if limit is None:
+        return cases
+    if limit < 1:
+        raise ValueError(f"--limit {limit}: must be at least 1; leave it out to score every image")
+    if cases and "volume" in cases[0].meta:
+        keep: list[str] = []
+        for c in cases:
+            if c.meta["volume"] not in keep:
+                keep.append(c.meta["volume"])
+        chosen = set(keep[:limit])
+        return [c for c in cases if c.meta["volume"] in chosen]
+    return cases[:limit]
+
+
+def count_units(cases: Sequence[Case]) -> int:
+    """Images, or volumes when the cases are slices (``meta['volume']``)."""
+    if cases and "volume" in cases[0].meta:
+        return len({c.meta["volume"] for c in cases})
+    return len(cases)
+
+
+def describe_protocol(cfg, split: str, n_images: int, checkpoint: str, volumes: bool = False,
+                      n_available: int | None = None, note: str = "") -> str:
+    """A one-sentence protocol label for a result row.
+
+    ``n_available`` (when a subset was scored with ``--limit``) says of how many; ``note`` is appended
+    (e.g. that GPU kernels are not bitwise reproducible).
+    """
     size = f"resized to {cfg.data.working_size}x{cfg.data.working_size}" if cfg.data.working_size else "native size"
     unit = "volumes" if volumes else "images"
+    scored = (f"the first {n_images} of {n_available} {unit} (--limit {n_images})"
+              if n_available is not None and n_available != n_images else f"{n_images} {unit}")
     return (f"{cfg.method} on {cfg.dataset} ({size}; sliding-window tiles of {cfg.data.crop} px, overlap "
-            f"{cfg.data.overlap}); {split} split, {n_images} {unit}; checkpoint: {checkpoint}; Dice/IoU as "
-            f"per-{unit[:-1]} means (*_mean) and pooled over {unit} (*_global); preset {cfg.preset}, seed {cfg.seed}.")
+            f"{cfg.data.overlap}); {split} split, {scored}; checkpoint: {checkpoint}; Dice/IoU as "
+            f"per-{unit[:-1]} means (*_mean) and pooled over {unit} (*_global); preset {cfg.preset}, seed {cfg.seed}."
+            + (f" {note}" if note else ""))
 
 
 def result_row(model: str, scores: dict[str, Any], data: str, history: Any = None, protocol: str | None = None,

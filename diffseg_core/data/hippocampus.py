@@ -83,22 +83,46 @@ def slices_to_volume(slices: Sequence[Any], volume_id: str | None = None) -> tup
     return image, label
 
 
-def read_nifti(path: Path) -> np.ndarray:
-    """A NIfTI file's voxel array (as stored, no re-orientation); :class:`DataError` if unreadable."""
+def _gzip_intact(path: Path) -> bool:
+    import gzip
+
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 20):
+                pass
+    except Exception:
+        return False
+    return True
+
+
+def read_nifti(path: Path, with_affine: bool = False):
+    """A NIfTI file's voxel array (as stored, no re-orientation), and its affine with ``with_affine``.
+
+    Refused with :class:`DataError`: an unreadable file (a corrupt gzip stream is named as such), a 2-D
+    image, a 4-D volume with more than one channel / time point.
+    """
     import nibabel as nib
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        arr = np.asarray(nib.load(str(path)).dataobj)
+        img = nib.load(str(path))
+        arr = np.asarray(img.dataobj)
     except Exception as exc:
-        raise DataError(f"{path}: cannot read the file as NIfTI ({exc}); re-download it or remove it") from exc
+        why = ("the gzip stream is corrupt or truncated" if path.name.endswith(".gz") and not _gzip_intact(path)
+               else "the header or the data are invalid")
+        raise DataError(f"{path}: cannot read the file as NIfTI ({why}); download or export it again, or remove it "
+                        "together with its image or label") from exc
     if arr.ndim == 4 and arr.shape[-1] == 1:
         arr = arr[..., 0]
+    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 1):
+        raise DataError(f"{path}: a 2-D image of shape {tuple(arr.shape)}; this loader needs 3-D volumes (X, Y, Z): "
+                        "export the whole volume, not a single slice")
     if arr.ndim != 3:
-        raise DataError(f"{path}: expected a 3-D volume, got shape {arr.shape} (multi-channel volumes are not supported)")
-    return arr
+        raise DataError(f"{path}: a {arr.ndim}-D volume of shape {tuple(arr.shape)}; this loader needs one 3-D volume "
+                        "per file: keep one channel or time point, or split them into separate files")
+    return (arr, np.asarray(img.affine, dtype=np.float64)) if with_affine else arr
 
 
 def minmax(volume: np.ndarray) -> np.ndarray:
@@ -132,7 +156,11 @@ def find_pairs(root: Path) -> list[tuple[str, Path, Path]]:
         img_dir, lab_dir, listed = root / "images", root / "labels", None
     else:
         raise DataError(f"{root}: unknown hippocampus layout; expected imagesTr/ + labelsTr/ (MSD Task04) or "
-                        "images/ + labels/ holding .nii.gz files (see data/README.md)")
+                        "images/ + labels/ holding .nii.gz files: point --data at the dataset folder itself "
+                        "(see data/README.md)")
+    if (root / "imagesTr").is_dir() and (root / "images").is_dir():
+        raise DataError(f"{root}: holds two hippocampus layouts at once (imagesTr/ + labelsTr/ and images/ + labels/); "
+                        "keep one of them in this folder (move the other elsewhere), so it is clear which volumes to use")
     if not lab_dir.is_dir():
         raise DataError(f"{lab_dir}: label folder not found next to {img_dir}")
     images = _nii(img_dir)
@@ -157,6 +185,11 @@ def _pair_groups(root: Path) -> dict[str, str]:
         rows = list(csv.DictReader(f))
     if not rows or "pair_group" not in rows[0] or "id" not in rows[0]:
         return {}
+    ids = [r["id"] for r in rows]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise DataError(f"{path}: the id {dup[0]} is on {ids.count(dup[0])} rows ({len(dup)} duplicated id(s)); each "
+                        "case must have exactly one row: remove the duplicates")
     return {r["id"]: r["pair_group"] for r in rows}
 
 
@@ -165,25 +198,40 @@ def load_hippocampus(root: Path, max_volumes: int | None = None, seed: int = 0) 
 
     Args:
         root: the dataset folder.
-        max_volumes: keep only this many volumes (the first in id order after a seeded shuffle; smoke runs).
+        max_volumes: keep only this many volumes (smoke runs): a seeded choice made after the split, with one
+            volume of each split first, so each kept volume has the split a full load gives it.
         seed: seed of the 60/20/20 train/val/test split by volume (``pair_group`` kept together).
     Returns:
         :class:`SegDataset` of slices ``(1, X, Y)`` with ``meta['volume']``, ``meta['slice']``.
     """
     root = Path(root)
     pairs = find_pairs(root)
-    if max_volumes is not None and len(pairs) > max_volumes:
-        order = np.random.default_rng(seed).permutation(len(pairs))[:max_volumes]
-        pairs = [pairs[i] for i in sorted(order)]
     groups = _pair_groups(root)
+    unknown = sorted(set(groups) - {p[0] for p in pairs})
+    if unknown:
+        raise DataError(f"{root / 'cases.csv'}: {len(unknown)} id(s) match no volume in {pairs[0][1].parent} "
+                        f"({', '.join(unknown[:3])}{' ...' if len(unknown) > 3 else ''}); fix the ids (file names without "
+                        ".nii.gz) or remove those rows")
+    # the split is made over every volume, then capped: a capped (smoke) load and a full load agree on each
+    # kept volume's split, so evaluating a smoke run on the full folder never scores a training volume
+    vol_split = assign_seeded_split([p[0] for p in pairs], seed=seed, groups={v: groups[v] for v, *_ in pairs if v in groups})
+    if max_volumes is not None and len(pairs) > max_volumes:
+        order = np.random.default_rng(seed).permutation(len(pairs)).tolist()
+        keep = [next(i for i in order if vol_split[pairs[i][0]] == s) for s in ("train", "val", "test")
+                if any(vol_split[p[0]] == s for p in pairs)]
+        keep += [i for i in order if i not in keep]
+        pairs = [pairs[i] for i in sorted(keep[:max_volumes])]
     cases: list[Case] = []
     for vid, img_path, lab_path in pairs:
-        image = read_nifti(img_path)
-        label = read_nifti(lab_path)
+        image, image_affine = read_nifti(img_path, with_affine=True)
+        label, label_affine = read_nifti(lab_path, with_affine=True)
         check_same_size(image, label, img_path, lab_path)
+        if not np.allclose(image_affine, label_affine, rtol=1e-4, atol=1e-3):
+            raise DataError(f"{lab_path}: its affine (voxel-to-world matrix) differs from that of its image {img_path}; "
+                            "the label was saved in another space or orientation: resample it onto the image (e.g. "
+                            "MONAI's ResampleToMatch) or export both again from the same source")
         label = check_labels(label, (0, 1, 2), lab_path)
         cases += volume_to_slices(vid, minmax(image), label, meta={"orig_size": tuple(image.shape[:2])})
-    vol_split = assign_seeded_split([p[0] for p in pairs], seed=seed, groups={v: groups[v] for v, *_ in pairs if v in groups})
     for c in cases:
         c.split = vol_split[c.meta["volume"]]
     layout = "MSD Task04 (imagesTr/labelsTr)" if (root / "imagesTr").is_dir() else "images/ + labels/"

@@ -150,6 +150,11 @@ class TextDiffMethod(SegMethod):
 
     # ---- frozen parts --------------------------------------------------------------------
     def _setup_frozen(self, unet: nn.Module) -> None:
+        # features depend on the backbone: a new backbone makes every cached feature stale
+        for cache in (self.train_cache, self.eval_cache):
+            if len(cache):
+                print(f"features: backbone replaced, dropping {len(cache)} cached feature maps")
+                cache.clear()
         blocks = select_blocks_by_resolution(unet, self.model_cfg.image_size, self.model_cfg.block_fractions)
         self.extractor = DiffusionFeatureExtractor(unet.to(self.device), self.model_cfg.timesteps, blocks, self.model_cfg.noise_seed)
         if self.model_cfg.use_text and self.text_encoder is None:
