@@ -171,14 +171,47 @@ def plot_learning_curves(history: Any, ax: plt.Axes | None = None, losses: Seque
     return fig
 
 
-def results_table(rows: Sequence[dict[str, Any]], digits: int = 4):
-    """A pandas DataFrame from result rows; float columns rounded. Each row should carry a ``protocol``."""
-    import pandas as pd
+_RESULTS_TABLE_CLASS: list[type] = []
 
-    df = pd.DataFrame(list(rows))
+
+def _results_table_class() -> type:
+    """A ``pandas.DataFrame`` subclass whose HTML shows every cell in full (made once, lazily)."""
+    if not _RESULTS_TABLE_CLASS:
+        import pandas as pd
+
+        class ResultsTable(pd.DataFrame):
+            """A results table: a DataFrame whose notebook/HTML display never truncates a cell.
+
+            pandas cuts text cells to ``display.max_colwidth`` (50 characters) in its HTML display, which
+            would hide the protocol sentence; this display shows it whole and marks the table with the CSS
+            class ``results-table`` (the book's stylesheet wraps long cells).
+            """
+
+            @property
+            def _constructor(self) -> type:
+                return ResultsTable
+
+            def _repr_html_(self) -> str | None:
+                with pd.option_context("display.max_colwidth", None, "display.max_columns", None):
+                    html = super()._repr_html_()
+                return None if html is None else html.replace('class="dataframe"', 'class="dataframe results-table"', 1)
+
+        _RESULTS_TABLE_CLASS.append(ResultsTable)
+    return _RESULTS_TABLE_CLASS[0]
+
+
+def results_table(rows: Sequence[dict[str, Any]], digits: int = 4):
+    """A results table (a pandas DataFrame) from result rows; float columns rounded; ``protocol`` last.
+
+    Each row should carry a ``protocol``. The table's HTML display shows the protocol sentence in full
+    (never truncated), so a rendered page keeps the book's main honesty device.
+    """
+    df = _results_table_class()(list(rows))
     for col in df.columns:
         if df[col].dtype.kind == "f":
             df[col] = df[col].round(digits)
+    if "protocol" in df.columns:
+        df = df[[c for c in df.columns if c != "protocol"] + ["protocol"]]
     return df
 
 
