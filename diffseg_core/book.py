@@ -570,8 +570,8 @@ def run_main_job(preset: str = "auto", data_root: str = "", out: str | Path = "_
             expected = history.get(preset)
             why = "forced" if force else ("inputs changed: " + ", ".join(
                 k for k in parts if (stamp or {}).get("inputs", {}).get(k) != parts[k]) if stamp else "first run")
-            print(f"{head} running  ({why}; expected {_fmt_seconds(expected) if expected else '? (no earlier run at this preset)'}) "
-                  f"| job {_fmt_seconds(time.time() - t0)}", flush=True)
+            hint = f"expected ~{_fmt_seconds(expected)}" if expected else "no earlier run at this preset to time it by"
+            print(f"{head} running  ({why}; {hint}) | job {_fmt_seconds(time.time() - t0)}", flush=True)
 
             def beat(elapsed: float, name: str = Path(page).name, expected: float | None = expected) -> None:
                 print(f"        ... {name} still running: {_fmt_seconds(elapsed)}"
