@@ -341,7 +341,8 @@ def stage_notebook(nb: Any, notebook: str, repo: dict[str, str], badge: str | No
     * the ``parameters`` cell gets ``hide-cell`` (folded: readers can open it to see what to change);
     * the cell that calls ``setup_notebook`` gets ``hide-input`` (its environment line stays visible);
     * widget cells (:func:`is_widget_cell`) get ``remove-cell``: a static page has no live callbacks;
-    * progress-bar outputs (:func:`is_progress_output`) are dropped;
+    * progress-bar outputs (:func:`is_progress_output`) and the saved widget state are dropped (a static
+      page would otherwise fetch the widget manager from a CDN);
     * Colab links and install cells point at ``repo`` (:func:`sync_repository_links`); the remote Colab
       badge image is replaced by ``badge`` (a path relative to the notebook) when given.
 
@@ -351,6 +352,8 @@ def stage_notebook(nb: Any, notebook: str, repo: dict[str, str], badge: str | No
         repo: :func:`repository` of ``_config.yml``.
     """
     nb = copy.deepcopy(nb)
+    # saved widget state makes MyST-NB load require.js and the widget manager from a CDN on the page
+    nb.metadata.pop("widgets", None)
     sync_repository_links(nb, notebook, repo)
     for cell in nb.cells:
         tags = _tags(cell)

@@ -74,7 +74,7 @@ def _executed_like_notebook() -> nbformat.NotebookNode:
             v4.new_output("display_data", data={WIDGET_MIME: {"model_id": "y"}, "text/plain": "interactive(...)"})]),
         v4.new_code_cell("print('kept')", outputs=[v4.new_output("stream", name="stdout", text="kept\n")]),
     ]
-    return v4.new_notebook(cells=cells)
+    return v4.new_notebook(cells=cells, metadata={"widgets": {"application/vnd.jupyter.widget-state+json": {}}})
 
 
 def test_stage_notebook_hides_plumbing_widgets_and_progress_bars():
@@ -91,6 +91,7 @@ def test_stage_notebook_hides_plumbing_widgets_and_progress_bars():
     assert REMOTE_BADGE not in md and "../book/_static/colab-badge.svg" in md
     assert "https://colab.research.google.com/github/owner/repo/blob/main/notebooks/99_test.ipynb" in md
     assert "diffseg @ git+https://github.com/owner/repo" in staged.cells[1].source
+    assert "widgets" not in staged.metadata, "saved widget state would load the widget manager from a CDN"
     assert nb.cells[3].metadata["tags"] == ["injected-parameters"], "the executed notebook itself is untouched"
 
 
@@ -320,7 +321,9 @@ def test_main_job_builds_the_book_on_smoke(smoke_book):
     tables = [t for p in sorted((html / "notebooks").glob("*.html")) for t in
               re.findall(r'<table[^>]*results-table.*?</table>', p.read_text(), flags=re.S)]
     assert tables, "no results table found in the rendered chapters"
-    assert not any("...</td>" in t or "…</td>" in t for t in tables), "a results table cell is truncated"
+    for t in tables:
+        assert '<tr class="protocol">' in t, "every results row shows its protocol beneath it"
+        assert "...</td>" not in t and "…</td>" not in t, "a results table cell is truncated"
 
 
 @pytest.mark.notebook
