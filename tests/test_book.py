@@ -317,6 +317,10 @@ def test_main_job_builds_the_book_on_smoke(smoke_book):
         assert not re.search(r"\d+%\|[#█▏▎▍▌▋▊▉ ]*\|", text), f"{path.name}: a progress bar in the outputs"
         assert "google.colab" not in text, f"{path.name}: the Colab install cell is shown"
     assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file()
+    for path in sorted((out / "executed" / "notebooks").glob("*.ipynb")):  # the book's rule for widgets
+        if not path.name.endswith(".partial.ipynb"):
+            bad = widget_cells_without_figure(nbformat.read(path, as_version=4))
+            assert not bad, f"{path.name}: widget cell(s) {bad} come before any static figure"
     # results tables show their protocol sentences whole (pandas would cut them to 50 characters)
     tables = [t for p in sorted((html / "notebooks").glob("*.html")) for t in
               re.findall(r'<table[^>]*results-table.*?</table>', p.read_text(), flags=re.S)]
