@@ -207,12 +207,16 @@ def results_table_html(df: Any) -> str:
 
     import pandas as pd
 
+    import re
+
     body = df.drop(columns="protocol") if "protocol" in df.columns else df
     with pd.option_context("display.max_colwidth", None, "display.max_columns", None):
         table = pd.DataFrame(body).to_html(classes="results-table", border=0, index=False, na_rep="\u2014")
     if "protocol" not in df.columns:
         return table
     head, _, rest = table.partition("<tbody>")
+    # column names may break after an underscore (dice_<wbr>global) so that the table fits the page
+    head = re.sub(r"(<th[^>]*>)([^<]*)(</th>)", lambda m: m.group(1) + m.group(2).replace("_", "_<wbr>") + m.group(3), head)
     rows_html, _, tail = rest.partition("</tbody>")
     rows = rows_html.split("</tr>")[:-1]
     out = []
