@@ -5,7 +5,7 @@
     python -m diffseg_core train    --method unet --dataset monuseg|cxr|hippocampus|qata|synthetic \\
                                     --data DIR --preset smoke|cpu|gpu|paper|auto --out RUN_DIR [--seed N] [--resume]
     python -m diffseg_core evaluate --run RUN_DIR --data DIR [--split test|val|train|all] --json OUT.json
-    python -m diffseg_core book     [--preset auto] [--data DIR] [--out _build]
+    python -m diffseg_core book     [--preset auto] [--data DIR] [--out _build] [--force]
 
 ``--data`` may also come from ``$DIFFSEG_DATA`` and ``--preset`` from ``$DIFFSEG_PRESET``.
 
@@ -81,8 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--preset", default=os.environ.get("DIFFSEG_PRESET", "auto"), choices=(*PRESETS, "auto"))
     b.add_argument("--data", default=os.environ.get("DIFFSEG_DATA", ""))
     b.add_argument("--out", default="_build")
-    b.add_argument("--only", nargs="*", help="run only these notebooks (name prefixes), then build")
+    b.add_argument("--only", nargs="*", help="run only these notebooks (name prefixes); the book is not built")
     b.add_argument("--no-build", action="store_true", help="execute notebooks only")
+    b.add_argument("--force", action="store_true",
+                   help="re-execute every notebook (by default one is re-executed only when its inputs changed)")
+    b.add_argument("--seed", type=int, default=0, help="the SEED parameter of every notebook")
     b.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     return p
 
@@ -296,7 +299,7 @@ def cmd_book(args: argparse.Namespace) -> int:
     from .book import run_main_job
 
     return run_main_job(preset=args.preset, data_root=args.data, out=args.out, only=args.only,
-                        build=not args.no_build, timeout=args.timeout)
+                        build=not args.no_build, timeout=args.timeout, force=args.force, seed=args.seed)
 
 
 def _one_paragraph(exc: BaseException) -> str:

@@ -34,3 +34,19 @@ def cxr_root() -> Path:
 @pytest.fixture
 def hippocampus_root() -> Path:
     return shared_dataset("hippocampus")
+
+
+@pytest.fixture(scope="session")
+def smoke_book(tmp_path_factory):
+    """The main job on the ``smoke`` preset, run once per test session: ``(out_dir, exit_status)``.
+
+    Shared by the book test and the browser test (``pytest -m browser``), so the book is built once.
+    """
+    from diffseg_core.book import run_main_job
+
+    out = tmp_path_factory.mktemp("smoke_book")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("DIFFSEG_DATA", raising=False)
+        mp.setenv("MPLBACKEND", "Agg")
+        status = run_main_job(preset="smoke", data_root="", out=out)
+    return out, status
