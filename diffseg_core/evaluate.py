@@ -85,9 +85,15 @@ def describe_protocol(cfg, split: str, n_images: int, checkpoint: str, volumes: 
     """A one-sentence protocol label for a result row."""
     size = f"resized to {cfg.data.working_size}x{cfg.data.working_size}" if cfg.data.working_size else "native size"
     unit = "volumes" if volumes else "images"
+    backbone = ""
+    if cfg.method == "textdiff":  # which frozen diffusion model produced the features (the paper's ADM-256 or not)
+        from .textdiff.backbone import backbone_label
+
+        backbone = f"; {backbone_label(cfg.model.get('backbone'))}"
     return (f"{cfg.method} on {cfg.dataset} ({size}; sliding-window tiles of {cfg.data.crop} px, overlap "
             f"{cfg.data.overlap}); {split} split, {n_images} {unit}; checkpoint: {checkpoint}; Dice/IoU as "
-            f"per-{unit[:-1]} means (*_mean) and pooled over {unit} (*_global); preset {cfg.preset}, seed {cfg.seed}.")
+            f"per-{unit[:-1]} means (*_mean) and pooled over {unit} (*_global); preset {cfg.preset}, seed {cfg.seed}"
+            f"{backbone}.")
 
 
 def result_row(model: str, scores: dict[str, Any], data: str, history: Any = None, protocol: str | None = None,

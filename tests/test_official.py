@@ -225,3 +225,71 @@ def test_bad_files_name_the_key(tmp_path):
     torch.save({"model": 3}, not_a_state)
     with pytest.raises(OfficialCheckpointError, match="netG_dict"):
         read_official_file(not_a_state)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluating an official file with our protocol: the CLI writes the same JSON as any run
+# ---------------------------------------------------------------------------------------------
+def _tiny_hippocampus(root, n: int = 1) -> None:
+    """``n`` MRI-like volumes of 32 x 32 x 2 voxels in the shared layout (images/ + labels/, NIfTI)."""
+    import nibabel as nib
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for sub in ("images", "labels"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        label = np.zeros((32, 32, 2), np.uint8)
+        label[10:16, 10:20] = 1
+        label[16:22, 10:20] = 2
+        image = (label * 40 + rng.normal(50, 5, label.shape)).astype(np.float32)
+        nib.save(nib.Nifti1Image(image, np.eye(4)), str(root / "images" / f"hippocampus_{i:03d}.nii.gz"))
+        nib.save(nib.Nifti1Image(label, np.eye(4)), str(root / "labels" / f"hippocampus_{i:03d}.nii.gz"))
+
+
+def test_cli_evaluates_an_official_file(tmp_path):
+    import json
+
+    from diffseg_core.cli import main
+
+    facts = official_facts(G_FACTS["hippocampus"])
+    weights = tmp_path / "Hippo_fold0.pth"
+    torch.save({k: 0.05 * v for k, v in random_official(facts).items()}, weights)
+    data = tmp_path / "hippocampus"
+    _tiny_hippocampus(data)
+    out = tmp_path / "official.json"
+    assert main(["evaluate", "--official", "hippocampus", "--weights", str(weights), "--data", str(data),
+                 "--split", "all", "--ensemble", "1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    required = {"method", "dataset", "preset", "n_images", "dice_mean", "iou_mean", "dice_global", "iou_global",
+                "per_class", "seconds_per_image", "device", "protocol", "row"}
+    assert required <= set(res) and res["method"] == "cdal" and res["n_images"] == 1 and 0 <= res["dice_mean"] <= 1
+    off = res["official"]
+    assert (off["name"], off["timesteps"], off["ensemble"], off["ema"]) == ("hippocampus", 2, 1, True)
+    assert len(off["sha256"]) == 64 and "88.13" in off["paper"]
+    assert "T = 2" in res["protocol"] and "LPI" in res["protocol"] and "Hippo_fold0.pth" in res["row"]["model"]
+    # the official sizes and tiling: native 32 px slices, 32 px windows with overlap 0.75
+    assert "tiles of 32 px, overlap 0.75" in res["protocol"]
+    with pytest.raises(SystemExit, match="--run"):
+        main(["evaluate", "--json", str(out)])
+
+
+def test_official_method_turns_hippocampus_slices():
+    """The authors' pipeline sees LPI slices: our prediction of a slice equals theirs of the turned slice."""
+    from diffseg_core.data.base import Case, SegDataset
+    from diffseg_core.released import build_official_method, official_run_config
+
+    facts = official_facts(G_FACTS["hippocampus"])
+    state = {k: 0.05 * v for k, v in random_official(facts, seed=4).items()}
+    import numpy as np
+    image = np.random.default_rng(0).random((1, 32, 32)).astype(np.float32)
+    ds = SegDataset("hippocampus", [Case("v_s000", image, np.zeros((32, 32), np.int64), "", "test")],
+                    ("background", "anterior", "posterior"), 1, "synthetic")
+    cfg = official_run_config("hippocampus", preset="smoke", ensemble=1)
+    m = build_official_method("hippocampus", state, ds, cfg, torch.device("cpu"))
+    assert m.flip_slices and m.nets["G"].num_parameters() == facts["total_params"]
+    x = torch.from_numpy(image)[None]
+    turned = m.predict(x)
+    m.flip_slices = False
+    assert torch.allclose(turned, m.predict(x.flip(-2, -1)).flip(-2, -1), atol=1e-6)
+    assert torch.allclose(turned.sum(1), torch.ones(1, 32, 32), atol=1e-5)
