@@ -405,7 +405,7 @@ def official_to_generator(state: Mapping[str, torch.Tensor], name: str, G: Condi
         _fail_with_guess(exc, state, name, "G")
     out: dict[str, torch.Tensor] = {}
     for official, ours, transposed in rows:
-        t = state[official].detach()
+        t = state[official].detach().float()            # the authors save float32; anything else is cast
         out[ours] = (t.t().reshape(shapes[ours]) if transposed else t).clone()
     if flip_polarity if flip_polarity is not None else spec.label_sign < 0:
         for k in _polarity_keys(G):
@@ -461,7 +461,7 @@ def official_to_discriminator(state: Mapping[str, torch.Tensor], name: str, D: T
         _check(state, rows, shapes, f"official cDAL {name} discriminator")
     except OfficialCheckpointError as exc:
         _fail_with_guess(exc, state, name, "D")
-    out = {ours: state[official].detach().clone() for official, ours, _ in rows}
+    out = {ours: state[official].detach().float().clone() for official, ours, _ in rows}
     if flip_polarity if flip_polarity is not None else spec.label_sign < 0:
         out["start_conv.weight"] = -out["start_conv.weight"]
     return out

@@ -33,7 +33,7 @@ from torch import nn
 from ..data import DatasetInfo
 from ..methods.base import MethodOption, SegMethod
 from .adm import ADM256
-from .backbone import BACKBONE_FILE, backbone_label, is_adm_spec, load_backbone
+from .backbone import ADM_SPEC, BACKBONE_FILE, adm_spec_path, backbone_label, is_adm_spec, load_backbone
 from .cache import FeatureCache, image_key
 from .config import TextDiffConfig
 from .features import DiffusionFeatureExtractor, select_blocks_by_resolution
@@ -201,8 +201,8 @@ class TextDiffMethod(SegMethod):
         t0 = time.perf_counter()
         if is_adm_spec(self.model_cfg.backbone):
             unet = load_backbone(self.model_cfg.backbone, self.info.in_channels, self.model_cfg.image_size, self.device)
-            self.backbone_path = self.model_cfg.backbone
-            self.backbone_source = backbone_label(self.model_cfg.backbone).removeprefix("backbone: ") + \
+            self.backbone_path = f"{ADM_SPEC}:{adm_spec_path(self.model_cfg.backbone).resolve()}"
+            self.backbone_source = backbone_label(self.backbone_path).removeprefix("backbone: ") + \
                 ("" if unet.config == ADM256 else f" [reduced architecture: {unet.config}]")
         elif self.model_cfg.backbone:
             unet = load_backbone(self.model_cfg.backbone, self.info.in_channels, self.model_cfg.image_size, self.device)
