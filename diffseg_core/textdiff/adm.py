@@ -47,20 +47,28 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .features import DecoderBlock
-
-__all__ = ["ADMConfig", "ADM256", "ADMCheckpointError", "adm_timestep_embedding", "GroupNorm32", "ADMResBlock",
+__all__ = ["ADMConfig", "ADM256", "ADMBlock", "ADMCheckpointError", "adm_timestep_embedding", "GroupNorm32", "ADMResBlock",
            "ADMAttention", "EmbedSequential", "ADMUNet", "adm_config_from_state", "read_adm_file",
            "check_adm_state", "load_adm", "TEXTDIFF_ADM_BLOCKS"]
 
 #: TextDiff's decoder blocks of ADM-256 per dataset (``experiments/*/ddpm.json`` of the official code)
 TEXTDIFF_ADM_BLOCKS: dict[str, tuple[int, ...]] = {"monuseg": (6, 8, 12, 16), "qata": (4, 6, 8, 12)}
+
+
+class ADMBlock(NamedTuple):
+    """One hookable output block (the fields of :class:`~diffseg_core.textdiff.features.DecoderBlock`)."""
+
+    index: int
+    level: int
+    fraction: float
+    channels: int
+    module: nn.Module
 
 
 class ADMCheckpointError(ValueError):
@@ -207,6 +215,9 @@ class ADMUNet(nn.Module):
     divisible by ``2 ** (levels - 1)``. :meth:`decoder_blocks` lists the hookable ``output_blocks``.
     """
 
+    #: an RGB ImageNet model: the feature extractor repeats a grey image to three channels for it
+    grey_as_rgb = True
+
     def __init__(self, config: ADMConfig = ADM256) -> None:
         super().__init__()
         self.config = config
@@ -271,10 +282,10 @@ class ADMUNet(nn.Module):
         return [{"index": i, "out_channels": c, "resolution": size // rate, "layers": list(names)}
                 for i, (c, rate, names) in enumerate(self._out_info)]
 
-    def decoder_blocks(self) -> list[DecoderBlock]:
-        """Every ``output_blocks[i]`` as a hookable :class:`DecoderBlock` (its output: after the block's
+    def decoder_blocks(self) -> list[ADMBlock]:
+        """Every ``output_blocks[i]`` as a hookable :class:`ADMBlock` (its output: after the block's
         up-sampling when it has one), coarsest first."""
-        return [DecoderBlock(i, int(math.log2(rate)), 1.0 / rate, c, self.output_blocks[i])
+        return [ADMBlock(i, int(math.log2(rate)), 1.0 / rate, c, self.output_blocks[i])
                 for i, (c, rate, _) in enumerate(self._out_info)]
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
