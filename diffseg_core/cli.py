@@ -5,6 +5,7 @@
     python -m diffseg_core train    --method unet --dataset monuseg|cxr|hippocampus|qata|synthetic \\
                                     --data DIR --preset smoke|cpu|gpu|paper|auto --out RUN_DIR [--seed N] [--resume]
     python -m diffseg_core evaluate --run RUN_DIR --data DIR [--split test|val|train|all] --json OUT.json
+    python -m diffseg_core evaluate --official monuseg|cxr|hippocampus --weights FILE --data DIR --json OUT.json
     python -m diffseg_core book     [--preset auto] [--data DIR] [--out _build] [--force]
 
 ``--data`` may also come from ``$DIFFSEG_DATA`` and ``--preset`` from ``$DIFFSEG_PRESET``.
@@ -68,14 +69,15 @@ def _parser() -> argparse.ArgumentParser:
             else:
                 g.add_argument(o.flag, dest=o.dest, type=o.type, choices=o.choices, metavar=o.metavar, help=o.help)
 
-    e = sub.add_parser("evaluate", help="score a trained run on a dataset folder")
-    e.add_argument("--run", required=True)
+    e = sub.add_parser("evaluate", help="score a trained run (or, with --official, the authors' cDAL weights)")
+    e.add_argument("--run", help="run folder written by train (required unless --official)")
     e.add_argument("--data", default=os.environ.get("DIFFSEG_DATA", ""))
     e.add_argument("--split", default="test", choices=(*SPLITS, "all"))
     e.add_argument("--json", required=True, help="where to write the metrics")
     e.add_argument("--checkpoint", default="best", choices=["best", "last"])
     e.add_argument("--limit", type=int, help="score only the first N images (volumes) of the split; recorded in the "
                    "JSON and the protocol (default: every image)")
+    _add_official_options(e)
 
     b = sub.add_parser("book", help="the main job: run every notebook with papermill, then build the book")
     b.add_argument("--preset", default=os.environ.get("DIFFSEG_PRESET", "auto"), choices=(*PRESETS, "auto"))
@@ -233,6 +235,10 @@ def _version_warning(run_dir: Path) -> tuple[dict, dict]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if getattr(args, "official", None):
+        return cmd_evaluate_official(args)
+    if not args.run:
+        raise UsageError("evaluate needs --run RUN_DIR (the --out folder of a train command), or --official NAME to score the authors' checkpoint")
     from .checkpoint import load_checkpoint, write_json
     from .data import uncapped
     from .device import describe_device
@@ -292,6 +298,45 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
           f"{row['dice_global']:.4f} (global); IoU {row['iou_mean']:.4f} / {row['iou_global']:.4f}; "
           f"{row['n_images']} {'volumes' if volumes else 'images'}"
           + (f" of {n_available} (--limit)" if n_available != row["n_images"] else "") + f" -> {args.json}")
+    return 0
+
+
+# ---- evaluate --official: the authors' released cDAL generators (self-contained block) -------------------
+def _add_official_options(e: argparse.ArgumentParser) -> None:
+    """``evaluate --official NAME --weights FILE --data DIR --json OUT.json`` (see :mod:`diffseg_core.released`)."""
+    from .cdal.official import OFFICIAL_CDAL
+
+    g = e.add_argument_group("the authors' cDAL checkpoints (instead of --run)")
+    g.add_argument("--official", choices=tuple(OFFICIAL_CDAL),
+                   help="score a released cDAL generator with Algorithm 2 and the official T, ensemble and tiling")
+    g.add_argument("--weights", help="the official .pth file (default: the weights folder's copy, "
+                                     "python -m diffseg_core.weights list)")
+    g.add_argument("--ensemble", type=int, help="override the official ensemble size (MoNuSeg 5, CXR 30, Hippocampus 5)")
+    g.add_argument("--seed", type=int, default=0, help="seed of our data split and of the sampling noise")
+
+
+def cmd_evaluate_official(args: argparse.Namespace) -> int:
+    from .cdal.official import official_spec
+    from .checkpoint import write_json
+    from .released import evaluate_official, official_run_config
+    from .weights import require_weights
+
+    spec = official_spec(args.official)
+    weights = Path(args.weights) if args.weights else require_weights(spec.weights[0]) if spec.weights else None
+    if weights is None:
+        raise UsageError(f"--official {args.official}: no released file fits this configuration; pass its file with --weights FILE")
+    if not weights.is_file():
+        raise FileNotFoundError(f"--weights {weights} does not exist")
+    cfg = official_run_config(args.official, seed=args.seed)
+    dataset = _load_data(spec.dataset, args.data, cfg.data, args.seed)
+    result = evaluate_official(args.official, weights, dataset, split=args.split, seed=args.seed,
+                               ensemble=args.ensemble, progress=True)
+    write_json(result, args.json)
+    row = result["row"]
+    print(f"{row['model']} on {dataset.name}/{args.split}: Dice {row['dice_mean']:.4f} (per-image mean), "
+          f"{row['dice_global']:.4f} (global); IoU {row['iou_mean']:.4f} / {row['iou_global']:.4f}; "
+          f"{row['n_images']} {'volumes' if 'volume' in dataset.cases[0].meta else 'images'}; paper: "
+          f"{spec.paper} -> {args.json}")
     return 0
 
 

@@ -120,10 +120,15 @@ def describe_protocol(cfg, split: str, n_images: int, checkpoint: str, volumes: 
     unit = "volumes" if volumes else "images"
     scored = (f"the first {n_images} of {n_available} {unit} (--limit {n_images})"
               if n_available is not None and n_available != n_images else f"{n_images} {unit}")
+    backbone = ""
+    if cfg.method == "textdiff":  # which frozen diffusion model produced the features (the paper's ADM-256 or not)
+        from .textdiff.backbone import backbone_label
+
+        backbone = f"; {backbone_label(cfg.model.get('backbone'))}"
     return (f"{cfg.method} on {cfg.dataset} ({size}; sliding-window tiles of {cfg.data.crop} px, overlap "
             f"{cfg.data.overlap}); {split} split, {scored}; checkpoint: {checkpoint}; Dice/IoU as "
-            f"per-{unit[:-1]} means (*_mean) and pooled over {unit} (*_global); preset {cfg.preset}, seed {cfg.seed}."
-            + (f" {note}" if note else ""))
+            f"per-{unit[:-1]} means (*_mean) and pooled over {unit} (*_global); preset {cfg.preset}, seed {cfg.seed}"
+            f"{backbone}." + (f" {note}" if note else ""))
 
 
 def result_row(model: str, scores: dict[str, Any], data: str, history: Any = None, protocol: str | None = None,

@@ -7,7 +7,8 @@ One module per idea, in the order the chapters teach them:
   (chapter 04);
 * :mod:`.discriminator` — the time-conditioned discriminator and its spatial attention map (chapter 05);
 * :mod:`.training` — Algorithm 1, :mod:`.sampling` — Algorithm 2 (chapters 05-06);
-* :mod:`.config` — the presets, :mod:`.method` — the plug-in for the shared loop (chapter 06).
+* :mod:`.config` — the presets, :mod:`.method` — the plug-in for the shared loop (chapter 06);
+* :mod:`.official` — the authors' released checkpoints to our networks and back (chapter 16).
 
 The schedule and forward process are shared with TextDiff and live in :mod:`diffseg_core.schedule`.
 """
