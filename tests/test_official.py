@@ -247,7 +247,7 @@ def _tiny_hippocampus(root, n: int = 1) -> None:
         nib.save(nib.Nifti1Image(label, np.eye(4)), str(root / "labels" / f"hippocampus_{i:03d}.nii.gz"))
 
 
-def test_cli_evaluates_an_official_file(tmp_path):
+def test_cli_evaluates_an_official_file(tmp_path, capsys):
     import json
 
     from diffseg_core.cli import main
@@ -270,8 +270,8 @@ def test_cli_evaluates_an_official_file(tmp_path):
     assert "T = 2" in res["protocol"] and "LPI" in res["protocol"] and "Hippo_fold0.pth" in res["row"]["model"]
     # the official sizes and tiling: native 32 px slices, 32 px windows with overlap 0.75
     assert "tiles of 32 px, overlap 0.75" in res["protocol"]
-    with pytest.raises(SystemExit, match="--run"):
-        main(["evaluate", "--json", str(out)])
+    assert main(["evaluate", "--json", str(out)]) == 2  # neither --run nor --official: one paragraph, exit 2
+    assert "evaluate needs --run RUN_DIR" in capsys.readouterr().err
 
 
 def test_official_method_turns_hippocampus_slices():
