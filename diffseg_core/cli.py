@@ -4,7 +4,8 @@
 
     python -m diffseg_core train    --method unet --dataset monuseg|cxr|hippocampus|qata|synthetic \\
                                     --data DIR --preset smoke|cpu|gpu|paper|auto --out RUN_DIR [--seed N] [--resume]
-    python -m diffseg_core evaluate --run RUN_DIR --data DIR [--split test|val|train|all] --json OUT.json
+    python -m diffseg_core evaluate --run RUN_DIR --data DIR [--split test|val|train|all] --json OUT.json \\
+                                    [--export-nifti DIR]
     python -m diffseg_core book     [--preset auto] [--data DIR] [--out _build]
 
 ``--data`` may also come from ``$DIFFSEG_DATA`` and ``--preset`` from ``$DIFFSEG_PRESET``.
@@ -57,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=(*SPLITS, "all"))
     e.add_argument("--json", required=True, help="where to write the metrics")
     e.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    e.add_argument("--export-nifti", metavar="DIR", default=None,
+                   help="volume datasets: write each predicted volume as DIR/<id>.nii.gz with its input's affine and header")
 
     b = sub.add_parser("book", help="the main job: run every notebook with papermill, then build the book")
     b.add_argument("--preset", default=os.environ.get("DIFFSEG_PRESET", "auto"), choices=(*PRESETS, "auto"))
@@ -76,7 +79,7 @@ def _model_overrides(args: argparse.Namespace) -> dict:
     for name in METHODS:
         for o in get_method_class(name).cli_options:
             value = getattr(args, o.dest, None)
-            if value in (None, False):
+            if value is None or value is False:   # not given (a value of 0, e.g. --ema-decay 0, is given)
                 continue
             if name != args.method:
                 raise ValueError(f"{o.flag} is a {name} option; it does not apply to --method {args.method}")
@@ -131,9 +134,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: split {args.split!r} of {dataset.root} is empty; use --split all for a folder without a split column")
     method, cfg, run_info = load_run(run_dir, dataset, which=args.checkpoint)
     volumes = "volume" in cases[0].meta
+    if args.export_nifti and not volumes:
+        raise SystemExit(f"error: --export-nifti needs a volume dataset (hippocampus); {cfg.dataset} has 2-D images")
     chosen = (f"{args.checkpoint}.pt (best validation Dice at step {run_info.get('best_step')})" if args.checkpoint == "best"
               else "last.pt (final weights)")
-    scores = evaluate_cases(method, cases, progress=True)
+    scores = evaluate_cases(method, cases, progress=True, keep_predictions=bool(args.export_nifti))
+    predictions = scores.pop("predictions", None)
     scores["protocol"] = describe_protocol(cfg, args.split, scores["n_images"], chosen, volumes)
     result = {"method": cfg.method, "dataset": cfg.dataset, "preset": cfg.preset, "split": args.split,
               "data": str(dataset.root) if dataset.root else "synthetic", "data_source": dataset.source,
@@ -142,6 +148,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # the results-table row, as the chapters build theirs (diffseg_core.evaluate.result_row)
     result["row"] = row = result_row(cfg.method, scores, dataset.source, train_time_s=run_info.get("train_seconds"),
                                      steps=run_info.get("steps_done"))
+    if args.export_nifti:
+        from .data.nifti import export_predictions, volume_sources
+
+        written = export_predictions(predictions, args.export_nifti, volume_sources(cases), method.info.num_classes)
+        result["nifti"] = [str(p) for p in written]
+        print(f"{len(written)} predicted volumes written to {args.export_nifti} (NIfTI, the inputs' affine and header)")
     write_json(result, args.json)
     print(f"{row['model']} on {dataset.name}/{args.split}: Dice {row['dice_mean']:.4f} (per-image mean), "
           f"{row['dice_global']:.4f} (global); IoU {row['iou_mean']:.4f} / {row['iou_global']:.4f}; "

@@ -167,7 +167,7 @@ def test_attention_map_and_labels_for_volumes():
 def test_cli_options_and_presets_for_3d_and_ema():
     flags = {o.flag: o.field for o in CDALMethod.cli_options}
     assert flags["--spatial-dims"] == "spatial_dims" and flags["--ema-decay"] == "ema_decay"
-    assert flags["--no-ema"] == "ema_decay"
+    assert get_config("cdal", "hippocampus", "smoke", ema_decay=0.0).model["ema_decay"] == 0.0
     cfg = get_config("cdal", "hippocampus", "cpu", spatial_dims=3)
     assert cfg.model["spatial_dims"] == 3 and cfg.data.batch_size == 2       # patches, not slices
     assert get_config("cdal", "hippocampus", "cpu").data.batch_size == 32

@@ -76,3 +76,12 @@ def test_loading_a_state_without_ema_starts_the_copy_from_g():
     for a, b in zip(m.nets["G_ema"].parameters(), plain.nets["G"].parameters()):
         assert torch.equal(a, b)
     assert m.ema_updates == 0
+
+
+def test_cli_ema_decay_zero_is_honoured(monkeypatch):
+    """``--ema-decay 0`` is a value, not an absent option (0 == False in Python)."""
+    from diffseg_core.cli import _model_overrides, _parser
+
+    args = _parser().parse_args(["train", "--method", "cdal", "--dataset", "hippocampus", "--out", "x",
+                                 "--ema-decay", "0", "--spatial-dims", "3"])
+    assert _model_overrides(args) == {"ema_decay": 0.0, "spatial_dims": 3}

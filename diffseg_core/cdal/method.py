@@ -77,9 +77,9 @@ class CDALMethod(SegMethod):
         MethodOption("--no-attention", "use_attention", "ablation: A_D = 1 (D is then not trained)", const=False),
         MethodOption("--spatial-dims", "spatial_dims", "2: slice-wise (the paper); 3: native 3-D cDAL on volume "
                      "patches (volume datasets: hippocampus)", type=int, choices=(2, 3)),
-        MethodOption("--ema-decay", "ema_decay", "decay of the generator EMA used for prediction (hippocampus "
-                     "default 0.999, as the official code; others: off)", type=float, metavar="BETA"),
-        MethodOption("--no-ema", "ema_decay", "predict with the live generator weights (ema_decay = 0)", const=0.0),
+        MethodOption("--ema-decay", "ema_decay", "decay of the generator EMA used for validation and prediction; "
+                     "0 = predict with the live weights (default: 0.999 for hippocampus, as the official code; "
+                     "0 elsewhere)", type=float, metavar="BETA"),
     )
 
     def __init__(self, cfg: Any, info: DatasetInfo, device: torch.device) -> None:

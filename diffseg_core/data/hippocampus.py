@@ -10,7 +10,9 @@ Layouts accepted (``root`` is the dataset folder):
 Each volume is min-max scaled to [0, 1] on its own (cDAL's ``ScaleIntensityd``), kept in its stored
 orientation (RAS for MSD Task04; cDAL re-orients to LPI, which only flips axes) and cut into 2-D slices
 along its **last** axis, the axis cDAL slices its 32^3 crops along. Labels: 0 background, 1 anterior,
-2 posterior. Evaluation stacks the slices back (``meta['volume']``, ``meta['slice']``) and scores per volume.
+2 posterior. Evaluation stacks the slices back (``meta['volume']``, ``meta['slice']``) and scores per volume;
+``meta['image_path']`` names the source file, so a predicted volume can be written back on its grid
+(:mod:`diffseg_core.data.nifti`). :mod:`diffseg_core.data.volumes` rebuilds whole volumes for 3-D models.
 """
 from __future__ import annotations
 
@@ -182,7 +184,8 @@ def load_hippocampus(root: Path, max_volumes: int | None = None, seed: int = 0) 
         label = read_nifti(lab_path)
         check_same_size(image, label, img_path, lab_path)
         label = check_labels(label, (0, 1, 2), lab_path)
-        cases += volume_to_slices(vid, minmax(image), label, meta={"orig_size": tuple(image.shape[:2])})
+        cases += volume_to_slices(vid, minmax(image), label, meta={"orig_size": tuple(image.shape[:2]),
+                                                                    "image_path": str(img_path)})
     vol_split = assign_seeded_split([p[0] for p in pairs], seed=seed, groups={v: groups[v] for v, *_ in pairs if v in groups})
     for c in cases:
         c.split = vol_split[c.meta["volume"]]
