@@ -169,3 +169,22 @@ def test_real_hippocampus_3d_cli_and_nifti(tmp_path):
         back, ref = nib.load(path), nib.load(str(root / "images" / name))
         assert back.shape == ref.shape[:3] and np.allclose(back.affine, ref.affine)
         assert set(np.unique(np.asarray(back.dataobj))) <= {0, 1, 2}
+
+
+def test_hippocampus_presets_do_not_augment():
+    """The official Hippocampus pipeline has no augmentation, and flips / 90-degree rotations of an axial slice
+    would move the anterior label to the posterior side (see the real-data check below)."""
+    from diffseg_core.config import PRESETS, data_config
+
+    assert not any(data_config("hippocampus", p).augment for p in PRESETS)
+
+
+@pytest.mark.realdata
+def test_real_anterior_part_lies_at_larger_second_axis_index():
+    import nibabel as nib
+
+    root = shared_dataset("hippocampus")
+    for path in sorted((root / "labels").glob("*.nii.gz")):
+        lab = np.asarray(nib.load(str(path)).dataobj)
+        ant, post = np.nonzero(lab == 1)[1].mean(), np.nonzero(lab == 2)[1].mean()
+        assert ant > post + 5, f"{path.name}: anterior centre {ant:.1f} vs posterior {post:.1f} on axis 1"
