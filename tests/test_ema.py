@@ -53,7 +53,8 @@ def test_method_keeps_a_separate_copy_and_predicts_with_it():
     torch.manual_seed(0)
     m = _method()
     g, e = m.nets["G"], m.nets["G_ema"]
-    assert all(not p.requires_grad for p in e.parameters()) and m.sampling_generator() is e
+    assert all(not p.requires_grad for p in e.parameters())
+    assert m.sampling_generator() is g                 # never updated: the live weights are sampled
     assert m.num_parameters() == sum(p.numel() for n in ("G", "D") for p in m.nets[n].parameters())
     before = [p.detach().clone() for p in e.parameters()]
     batch = {"image": torch.rand(4, 1, 32, 32), "label": torch.randint(0, 3, (4, 32, 32))}
@@ -61,7 +62,7 @@ def test_method_keeps_a_separate_copy_and_predicts_with_it():
     # first update: decay 0.1 -> the copy moved 90 % of the way to the live weights
     for b, pe, pg in zip(before, e.parameters(), g.parameters()):
         assert torch.allclose(pe, 0.1 * b + 0.9 * pg, atol=1e-6)
-    assert m.ema_updates == 1 and m.state_dict()["ema_updates"] == 1
+    assert m.ema_updates == 1 and m.state_dict()["ema_updates"] == 1 and m.sampling_generator() is e
     assert "G_ema" not in _method(ema_decay=0.0).nets and "G_ema" not in _method("cxr").nets
 
 

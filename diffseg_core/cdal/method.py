@@ -177,8 +177,10 @@ class CDALMethod(SegMethod):
         self.n_ensemble = self.model_cfg.ensemble
 
     def sampling_generator(self) -> ConditionalGenerator:
-        """The generator ``predict`` samples: the EMA copy when ``ema_decay > 0``, else the live G."""
-        return self.nets["G_ema"] if "G_ema" in self.nets else self.nets["G"]
+        """The generator ``predict`` samples: the EMA copy once it has been updated (``ema_decay > 0`` and at
+        least one training step, here or in the loaded state), else the live G (so weights loaded straight into
+        ``nets['G']``, e.g. converted authors' weights, are the ones sampled)."""
+        return self.nets["G_ema"] if "G_ema" in self.nets and self.ema_updates > 0 else self.nets["G"]
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Parameters of G and D (the EMA copy of G is not counted twice)."""
