@@ -45,6 +45,15 @@ def test_per_slice_dice_and_inter_slice_changes_by_hand():
     assert hp.inter_slice_changes(pred) > hp.inter_slice_changes(lab)
 
 
+def test_label_boundaries_by_hand():
+    lab = np.zeros((3, 3, 4), np.int64)
+    lab[1, 1, 1] = 1
+    lab[1, 1, 2] = 2
+    edge = hp.label_boundaries(lab)
+    # the two labelled voxels, and their 6 + 6 face neighbours minus the two they share: 2 + 10
+    assert edge.sum() == 12 and edge[1, 1, 1] and edge[1, 1, 2] and edge[0, 1, 1] and not edge[0, 0, 0]
+
+
 def test_entropy_map_range():
     p = np.zeros((3, 2, 2))
     p[0] = 1.0

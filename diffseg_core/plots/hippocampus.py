@@ -18,7 +18,7 @@ from matplotlib.patches import Patch
 from . import CLASS_COLOURS, as_array, show_overlay
 
 __all__ = ["pick_slices", "plot_volume_montage", "plot_per_class_dice", "per_slice_dice", "inter_slice_changes",
-           "plot_slice_disagreement", "slice_viewer", "entropy_map"]
+           "label_boundaries", "plot_slice_disagreement", "slice_viewer", "entropy_map"]
 
 
 def _vol(x: Any) -> np.ndarray:
@@ -155,6 +155,21 @@ def inter_slice_changes(label: Any) -> float:
     segmentation has more of them than its ground truth."""
     lab = _labels(label)
     return float(np.mean(lab[..., 1:] != lab[..., :-1]))
+
+
+def label_boundaries(label: Any) -> np.ndarray:
+    """``(X, Y, Z)`` bool: voxels whose label differs from at least one of their 6 face neighbours (the outline
+    of every structure and the border between two classes; the volume's edge does not count)."""
+    lab = _labels(label)
+    edge = np.zeros(lab.shape, dtype=bool)
+    for axis in range(3):
+        diff = np.diff(lab, axis=axis) != 0
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        edge[tuple(lo)] |= diff
+        edge[tuple(hi)] |= diff
+    return edge
 
 
 def plot_slice_disagreement(image: Any, target: Any, preds: Mapping[str, Any], num_classes: int = 3,
