@@ -188,3 +188,23 @@ def test_real_anterior_part_lies_at_larger_second_axis_index():
         lab = np.asarray(nib.load(str(path)).dataobj)
         ant, post = np.nonzero(lab == 1)[1].mean(), np.nonzero(lab == 2)[1].mean()
         assert ant > post + 5, f"{path.name}: anterior centre {ant:.1f} vs posterior {post:.1f} on axis 1"
+
+
+def test_percentile_scaling_matches_monai_and_is_the_default(tmp_path):
+    from monai.transforms import ScaleIntensityRangePercentiles
+
+    from diffseg_core.data.hippocampus import percentile_scale
+
+    v = np.random.default_rng(0).normal(100, 20, (6, 7, 5)).astype(np.float32)
+    v[0, 0, 0] = 1e4                                                  # one bright outlier
+    ref = np.asarray(ScaleIntensityRangePercentiles(0.5, 99.5, 0.0, 1.0, clip=True)(v))
+    out = percentile_scale(v)
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+    assert out.dtype == np.float32 and np.median(out) > 0.3          # min-max would squash everything near 0
+    assert not percentile_scale(np.full((3, 3, 3), 7.0)).any()
+    root = _write_dataset(tmp_path / "hippo", n=1)
+    a = load_hippocampus(root)
+    b = load_hippocampus(root, intensity="minmax")
+    assert "percentile intensity" in a.description and "minmax intensity" in b.description
+    with pytest.raises(ValueError, match="intensity"):
+        load_hippocampus(root, intensity="zscore")
