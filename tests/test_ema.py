@@ -77,6 +77,8 @@ def test_loading_a_state_without_ema_starts_the_copy_from_g():
     for a, b in zip(m.nets["G_ema"].parameters(), plain.nets["G"].parameters()):
         assert torch.equal(a, b)
     assert m.ema_updates == 0
+    # and the other way: a state with an EMA copy loads into a method without one (its G is the live G)
+    plain.load_state_dict(m.state_dict(), with_optimizers=False)
 
 
 def test_cli_ema_decay_zero_is_honoured(monkeypatch):

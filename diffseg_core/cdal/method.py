@@ -168,10 +168,13 @@ class CDALMethod(SegMethod):
         """Load weights; a reload (end of training, or a saved run) switches ``predict`` to the full ensemble.
 
         A state without ``G_ema`` weights (a run trained without EMA, or converted authors' weights) while
-        this method keeps an EMA starts the EMA from G's weights."""
+        this method keeps an EMA starts the EMA from G's weights; ``G_ema`` weights are ignored by a method
+        without EMA (``ema_decay=0``)."""
         nets = state["nets"]
         if "G_ema" in self.nets and not any(k.startswith("G_ema.") for k in nets):
             nets = {**nets, **{"G_ema." + k[2:]: v for k, v in nets.items() if k.startswith("G.")}}
+        elif "G_ema" not in self.nets:
+            nets = {k: v for k, v in nets.items() if not k.startswith("G_ema.")}
         super().load_state_dict({**state, "nets": nets}, with_optimizers)
         self.ema_updates = int(state.get("ema_updates", 0))
         self.n_ensemble = self.model_cfg.ensemble
