@@ -4,7 +4,8 @@
 
     python -m diffseg_core train    --method unet --dataset monuseg|cxr|hippocampus|qata|synthetic \\
                                     --data DIR --preset smoke|cpu|gpu|paper|auto --out RUN_DIR [--seed N] [--resume]
-    python -m diffseg_core evaluate --run RUN_DIR --data DIR [--split test|val|train|all] --json OUT.json
+    python -m diffseg_core evaluate --run RUN_DIR --data DIR [--split test|val|train|all] --json OUT.json \\
+                                    [--export-nifti DIR]
     python -m diffseg_core evaluate --official monuseg|cxr|hippocampus --weights FILE --data DIR --json OUT.json
     python -m diffseg_core book     [--preset auto] [--data DIR] [--out _build] [--force]
 
@@ -78,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="score only the first N images (volumes) of the split; recorded in the "
                    "JSON and the protocol (default: every image)")
     _add_official_options(e)
+    e.add_argument("--export-nifti", metavar="DIR", default=None,
+                   help="volume datasets: write each predicted volume as DIR/<id>.nii.gz with its input's affine and header")
 
     b = sub.add_parser("book", help="the main job: run every notebook with papermill, then build the book")
     b.add_argument("--preset", default=os.environ.get("DIFFSEG_PRESET", "auto"), choices=(*PRESETS, "auto"))
@@ -100,7 +103,7 @@ def _model_overrides(args: argparse.Namespace) -> dict:
     for name in METHODS:
         for o in get_method_class(name).cli_options:
             value = getattr(args, o.dest, None)
-            if value in (None, False):
+            if value is None or value is False:   # not given (a value of 0, e.g. --ema-decay 0, is given)
                 continue
             if name != args.method:
                 raise UsageError(f"{o.flag} is a {name} option; it does not apply to --method {args.method}: leave it "
@@ -270,12 +273,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     method, cfg, run_info = load_run(run_dir, dataset, which=args.checkpoint)
     changes, trained_env = _version_warning(run_dir)
     volumes = "volume" in cases[0].meta
+    if args.export_nifti and not volumes:
+        raise SystemExit(f"error: --export-nifti needs a volume dataset (hippocampus); {cfg.dataset} has 2-D images")
     chosen = (f"{args.checkpoint}.pt (best validation Dice at step {run_info.get('best_step')})" if args.checkpoint == "best"
               else "last.pt (final weights)")
     trained_on = str(trained_env.get("device", ""))
     note = (f"Trained on {trained_on.split(':')[0]}, where some kernels are not bitwise reproducible."
             if trained_on and not trained_on.startswith("cpu") else "")
-    scores = evaluate_cases(method, cases, progress=True)
+    scores = evaluate_cases(method, cases, progress=True, keep_predictions=bool(args.export_nifti))
+    predictions = scores.pop("predictions", None)
     n_available = count_units(available)
     scores["protocol"] = describe_protocol(cfg, args.split, scores["n_images"], chosen, volumes,
                                            n_available=n_available, note=note)
@@ -293,6 +299,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # the results-table row, as the chapters build theirs (diffseg_core.evaluate.result_row)
     result["row"] = row = result_row(cfg.method, scores, dataset.source, train_time_s=run_info.get("train_seconds"),
                                      steps=run_info.get("steps_done"))
+    if args.export_nifti:
+        from .data.nifti import export_predictions, volume_sources
+
+        written = export_predictions(predictions, args.export_nifti, volume_sources(cases), method.info.num_classes)
+        result["nifti"] = [str(p) for p in written]
+        print(f"{len(written)} predicted volumes written to {args.export_nifti} (NIfTI, the inputs' affine and header)")
     write_json(result, args.json)
     print(f"{row['model']} on {dataset.name}/{args.split}: Dice {row['dice_mean']:.4f} (per-image mean), "
           f"{row['dice_global']:.4f} (global); IoU {row['iou_mean']:.4f} / {row['iou_global']:.4f}; "
