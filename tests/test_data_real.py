@@ -72,7 +72,7 @@ def test_cxr_grouped_split_keeps_patients_together(cxr_root):
 
 
 def test_hippocampus_labels_and_slice_round_trip(hippocampus_root):
-    ds = load_hippocampus(hippocampus_root, seed=0)
+    ds = load_hippocampus(hippocampus_root, seed=0, intensity="minmax")  # min-max: checkable against the raw file
     assert len({c.meta["volume"] for c in ds.cases}) == 40
     assert set(np.unique(np.concatenate([c.label.ravel() for c in ds.cases]))) == {0, 1, 2}
     vid = "hippocampus_019"

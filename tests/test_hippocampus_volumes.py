@@ -130,7 +130,7 @@ def test_cli_train_evaluate_export_nifti(tmp_path, method, extra):
     assert main(["evaluate", "--run", str(run), "--data", str(root), "--split", "all", "--json", str(out),
                  "--export-nifti", str(nii)]) == 0
     res = json.loads(out.read_text())
-    assert res["n_images"] == 4 and set(res["per_class"]) == {"anterior", "posterior"}   # smoke keeps 4 volumes
+    assert res["n_images"] == 5 and set(res["per_class"]) == {"anterior", "posterior"}   # evaluate scores every volume
     for k in ("dice_mean", "iou_mean", "precision_mean", "recall_mean"):
         assert all(0.0 <= res["per_class"][c][k] <= 1.0 for c in ("anterior", "posterior"))
     assert ("3-D" in res["protocol"]) == bool(extra) and "volumes" in res["protocol"]
