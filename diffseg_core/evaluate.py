@@ -17,7 +17,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from .data import Case
-from .methods import SegMethod
+from .methods import SegMethod, get_method_class
 from .metrics import segmentation_scores
 
 
@@ -173,8 +173,12 @@ def describe_protocol(cfg, split: str, n_images: int, checkpoint: str, volumes: 
         from .textdiff.backbone import backbone_label
 
         backbone = f"; {backbone_label(cfg.model.get('backbone'))}"
-    return (f"{cfg.method} on {cfg.dataset} ({size}; sliding-window tiles of {cfg.data.crop} px, overlap "
-            f"{cfg.data.overlap}); {split} split, {scored}; checkpoint: {checkpoint}; Dice/IoU as "
+    window = get_method_class(cfg.method).inference_window(cfg)
+    if window is None or (cfg.data.working_size and window >= cfg.data.working_size):
+        how = "whole images in one pass"
+    else:
+        how = f"sliding-window tiles of {window} px, overlap {cfg.data.overlap}"
+    return (f"{cfg.method} on {cfg.dataset} ({size}; {how}); {split} split, {scored}; checkpoint: {checkpoint}; Dice/IoU as "
             f"per-{unit[:-1]} means (*_mean) and pooled over {unit} (*_global); preset {cfg.preset}, seed {cfg.seed}"
             f"{backbone}." + (f" {note}" if note else ""))
 

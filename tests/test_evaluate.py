@@ -63,3 +63,22 @@ def test_perfect_model_scores_one_and_slices_group_into_volumes():
     assert res["dice_mean"] == pytest.approx(1.0) and res["dice_global"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="no cases"):
         evaluate_cases(m, [])
+
+
+@pytest.mark.parametrize("method,working_size,expect", [
+    ("unet", 256, "whole images in one pass"),          # the U-Net predicts resized images whole
+    ("unet", None, "sliding-window tiles of 32 px"),     # native-size images: crop-sized windows
+    ("cdal", 256, "sliding-window tiles of 64 px"),      # cDAL always tiles at its training crop
+    ("textdiff", 256, "whole images in one pass"),
+])
+def test_protocol_says_how_images_were_predicted(method, working_size, expect):
+    """The protocol sentence's inference clause follows the method's own window, not a fixed wording."""
+    from diffseg_core.evaluate import describe_protocol
+    from diffseg_core.methods import get_method_class
+
+    cfg = get_config(method, "synthetic", "smoke")
+    cfg = override(cfg, **{"data.working_size": working_size, "data.crop": 32 if working_size is None else 64})
+    text = describe_protocol(cfg, "test", 3, "last step")
+    assert expect in text
+    window = get_method_class(method).inference_window(cfg)
+    assert (window is None) == (method == "textdiff")

@@ -202,9 +202,6 @@ class CDALMethod(SegMethod):
                         n_samples=self.n_ensemble, use_latent=self.model_cfg.use_latent, generator=gen)
         return x0_to_probs(r["mean"] * 2.0 - 1.0)
 
-    def inference_roi(self) -> int | None:
-        return self.cfg.data.crop
-
     def run_info(self) -> dict[str, Any]:
         G, D = self.nets["G"], self.nets["D"]
         return {"G_parameters": G.num_parameters(), "D_parameters": D.num_parameters(),

@@ -132,9 +132,17 @@ class SegMethod:
         """Class probabilities ``(B, K, h, w)`` for images ``(B, C, h, w)`` in [0, 1]."""
         raise NotImplementedError
 
+    @classmethod
+    def inference_window(cls, cfg: Any) -> int | None:
+        """Window side for sliding-window inference under run config ``cfg`` (``None``: whole images at once).
+
+        A class method so that a protocol sentence can say how images were predicted from the config alone.
+        """
+        return cfg.data.crop
+
     def inference_roi(self) -> int | None:
-        """Window size for sliding-window inference (``None``: whole image at once)."""
-        return self.cfg.data.crop
+        """Window size for sliding-window inference of this method (``None``: whole image at once)."""
+        return type(self).inference_window(self.cfg)
 
     def train(self) -> None:
         self.nets.train()

@@ -70,10 +70,11 @@ class UNetMethod(SegMethod):
         opt.step()
         return {"loss": float(loss.detach())}
 
-    def inference_roi(self) -> int | None:
+    @classmethod
+    def inference_window(cls, cfg: Any) -> int | None:
         """The U-Net is fully convolutional: whole resized images go through in one pass (as large a window
         as the working size), native-size images (hippocampus slices) through crop-sized windows."""
-        return self.cfg.data.working_size or self.cfg.data.crop
+        return cfg.data.working_size or cfg.data.crop
 
     @torch.no_grad()
     def predict(self, image: torch.Tensor, text: Sequence[str] | None = None) -> torch.Tensor:

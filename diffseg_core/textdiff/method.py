@@ -2,11 +2,12 @@
 
 The pieces (book/decisions.md; decisions T1-T11 recorded where they apply):
 
-* :mod:`diffseg_core.features`: a frozen denoising U-Net read at t = 50/150/250 (Eq. 1-2), blocks at
+* :mod:`.features`: a frozen denoising U-Net (the network of TextDiff's Eq. 2, the reverse process) read on
+  images noised by Eq. 1 to t = 50/150/250, blocks at
   1/8, 1/4, 1/2, 1 of the input (T6 by relative resolution), features cached once per image; with the paper's
   ADM-256 (``--backbone adm256:PATH``, :mod:`.adm`) the paper's block indices instead ({6, 8, 12, 16});
-* :mod:`diffseg_core.text`: a frozen BERT, 10 tokens per sentence (T9);
-* :mod:`diffseg_core.cross_attention`: Eq. 3 inside the official block, shared over scales, at native
+* :mod:`.text`: a frozen BERT, 10 tokens per sentence (T9);
+* :mod:`.cross_attention`: Eq. 3 inside the official block, shared over scales, at native
   resolution, then up-sampled and concatenated (T2, T3); ablations zeta_1/zeta_2 (T10);
 * :class:`SegHead`: the official 3-layer conv decoder, which the paper calls a "pixel classifier" (T1);
 * :func:`ce_dice_loss`: CE + 1.5 x soft Dice on softmax probabilities (T5);
@@ -359,7 +360,9 @@ class TextDiffMethod(SegMethod):
             probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
         return probs
 
-    def inference_roi(self) -> int | None:
+    @classmethod
+    def inference_window(cls, cfg: Any) -> int | None:
+        """Whole images: features are read from the frozen backbone over the full working size."""
         return None
 
     def trainable_report(self) -> dict[str, int]:

@@ -1,7 +1,8 @@
 """Pre-training the substitute backbone as a DDPM on the dataset's unlabelled images (epsilon prediction, MSE).
 
 TextDiff reads a *pre-trained* diffusion U-Net. Without ADM-256's ImageNet weights (offline), the project
-trains its own: the forward process of TextDiff Eq. 1-2 on the 1000-step linear schedule of ADM
+trains its own: TextDiff's Eq. 1 (the forward step) composed into the closed-form marginal q(x_t | x_0), on
+the 1000-step linear schedule of ADM
 (:func:`diffseg_core.schedule.ddpm_linear_schedule`), random crops with flips, Adam, for a number of steps
 set by the preset (:data:`DDPM_TRAINING`). This is a second, small training loop on purpose: it trains a
 network that the method then freezes, and it has none of the segmentation loop's concerns (labels,
@@ -135,7 +136,7 @@ def pretrain_ddpm(images: torch.Tensor, preset: str, steps: int | None = None, r
         x0 = random_crops(data, int(settings["crop"]), int(settings["batch_size"]), gen).to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
         t = torch.randint(0, 1000, (x0.shape[0],), generator=gen).to(device)
-        xt = q_sample(sched, x0, t + 1, noise)  # TextDiff Eq. 2; network time t is schedule level t + 1
+        xt = q_sample(sched, x0, t + 1, noise)  # q(x_t | x_0), TextDiff Eq. 1 composed; network time t is level t + 1
         loss = F.mse_loss(unet(xt, t), noise)  # epsilon prediction
         opt.zero_grad(set_to_none=True)
         loss.backward()
