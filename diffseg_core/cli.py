@@ -4,6 +4,7 @@
 
     python -m diffseg_core train    --method unet --dataset monuseg|cxr|hippocampus|qata|synthetic \\
                                     --data DIR --preset smoke|cpu|gpu|paper|auto --out RUN_DIR [--seed N] [--resume]
+                                    [--target lung|lesion]
     python -m diffseg_core evaluate --run RUN_DIR --data DIR [--split test|val|train|all] --json OUT.json
     python -m diffseg_core book     [--preset auto] [--data DIR] [--out _build]
 
@@ -40,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, help="override the preset's number of training steps")
     t.add_argument("--minutes", type=float, help="wall-clock training budget in minutes (overrides the preset)")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--target", choices=("lung", "lesion"),
+                   help="cxr only: segment the lung fields (default) or the lesions (with generated LViT-style reports)")
     for name in METHODS:  # each method declares its own options (diffseg_core.methods.base.MethodOption)
         options = get_method_class(name).cli_options
         if not options:
@@ -109,6 +112,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = override(cfg, **{"train.steps": args.steps})
     if args.minutes is not None:
         cfg = override(cfg, **{"train.max_minutes": args.minutes})
+    if args.target is not None:
+        cfg = override(cfg, **{"data.target": args.target})
     dataset = _load_data(args.dataset, args.data, cfg.data, cfg.seed)
     run_training(cfg, dataset, run_dir=args.out, resume=args.resume, progress=not args.no_progress)
     print(f"run written to {args.out}")

@@ -57,6 +57,8 @@ class DataConfig:
     overlap: float = 0.25
     max_train_cases: int | None = None
     max_eval_cases: int | None = None
+    #: what to segment where a dataset offers a choice (``cxr``: ``"lung"`` or ``"lesion"``); ``None``: the default
+    target: str | None = None
     synthetic_cases: int = 24
     synthetic_size: int = 256
     hippocampus_max_volumes: int | None = None
@@ -165,12 +167,16 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 #: every dataset name the loaders and presets know (``synthetic`` is the offline default)
 DATASETS: tuple[str, ...] = tuple(DATA_PRESETS)
 
+#: ``DataConfig.target`` choices of the datasets that offer one (the first is the default)
+TARGETS: dict[str, tuple[str, ...]] = {"cxr": ("lung", "lesion")}
+
 
 def data_config(dataset: str, preset: str) -> DataConfig:
-    """The :class:`DataConfig` of a dataset at a (resolved) preset."""
+    """The :class:`DataConfig` of a dataset at a (resolved) preset (with the dataset's default ``target``)."""
     if dataset not in DATA_PRESETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    return DataConfig(**DATA_PRESETS[dataset][resolve_preset(preset)])
+    default_target = TARGETS[dataset][0] if dataset in TARGETS else None
+    return DataConfig(**{"target": default_target, **DATA_PRESETS[dataset][resolve_preset(preset)]})
 
 
 def check_model_options(model_cls: type, names: Any, method: str) -> None:

@@ -2,8 +2,8 @@
 
 Layouts recognised under ``root``:
 
-1. **plain / shared**: ``images/*.png`` + ``masks/*.png`` (same names), optional ``lesion_masks/`` and
-   ``cases.csv``. A ``split`` column is used when present; otherwise a seeded 60/20/20 split is made,
+1. **plain / shared**: ``images/*.png`` + ``masks/*.png`` (same names), optional ``lesion_masks/`` (the
+   ``target="lesion"`` label, with LViT-style reports generated from the masks) and ``cases.csv``. A ``split`` column is used when present; otherwise a seeded 60/20/20 split is made,
    **grouped by** ``patient_id`` when that column exists (no patient in two splits);
 2. **Montgomery County** (NLM): ``CXR_png/`` + ``ManualMask/leftMask/`` + ``ManualMask/rightMask/`` (or
    ``leftMask/`` + ``rightMask/`` directly under ``root``); the two lung masks are united;
@@ -25,6 +25,7 @@ import numpy as np
 from .base import DataError, SegDataset, assign_seeded_split
 from .io import (CaseRef, check_same_size, list_images, materialise, pair_files, pair_loader, read_cases_csv,
                  read_image, read_mask, resize_pair, same_stem, seeded_train_val)
+from .reports import lesion_report
 
 
 def detect_layout(root: Path) -> str:
@@ -41,13 +42,40 @@ def detect_layout(root: Path) -> str:
                     "ManualMask/{leftMask,rightMask}/, or Kaggle CXR_png/ + masks/ (see data/README.md)")
 
 
+def _lesion_loader(img_path: Path, lesion_path: Path, lung_path: Path, working_size: int | None):
+    """``CaseRef.load`` for the lesion target: the lesion mask is the label; the lung mask gives the report.
+
+    The report is generated at the masks' native resolution (:func:`~diffseg_core.data.reports.lesion_report`)
+    and returned in ``meta['report']``; the lung mask is kept, at the working size, in ``meta['lung']`` (uint8).
+    An all-empty lesion mask is a valid negative case.
+    """
+    def load():
+        image = read_image(img_path, 1)
+        lesion, lung = read_mask(lesion_path), read_mask(lung_path)
+        check_same_size(image, lesion, img_path, lesion_path)
+        check_same_size(image, lung, img_path, lung_path)
+        if not lung.any():
+            raise DataError(f"{lung_path}: the lung mask is empty; the lesion target needs it for the report's sides "
+                            "and zones")
+        orig = (int(image.shape[1]), int(image.shape[2]))
+        report = lesion_report(lesion, lung)
+        if working_size is not None:
+            lung = resize_pair(image, lung, working_size)[1]
+            image, lesion = resize_pair(image, lesion, working_size)
+        return image, lesion, {"orig_size": orig, "report": report, "lung": lung.astype(np.uint8),
+                               "lung_mask_path": str(lung_path)}
+    return load
+
+
 def _refs_plain(root: Path, working_size: int | None, target: str) -> tuple[list[CaseRef], str]:
     mask_dir = root / ("lesion_masks" if target == "lesion" else "masks")
     if target == "lesion" and not mask_dir.is_dir():
         raise DataError(f"{mask_dir}: target='lesion' needs a lesion_masks/ folder next to images/")
     rows = read_cases_csv(root / "cases.csv")
     refs = []
-    for img_path, mask_path in pair_files(list_images(root / "images"), mask_dir, same_stem((".png",))):
+    images = list_images(root / "images")
+    lungs = dict(pair_files(images, root / "masks", same_stem((".png",)), what="lung mask")) if target == "lesion" else {}
+    for img_path, mask_path in pair_files(images, mask_dir, same_stem((".png",))):
         row = rows.get(img_path.stem, {})
         split = row.get("split") or None
         if split is not None and split not in ("train", "val", "test"):
@@ -55,7 +83,9 @@ def _refs_plain(root: Path, working_size: int | None, target: str) -> tuple[list
         meta = {"image_path": str(img_path), "mask_path": str(mask_path)}
         if row.get("patient_id"):
             meta["patient_id"] = row["patient_id"]
-        refs.append(CaseRef(img_path.stem, pair_loader(img_path, mask_path, 1, working_size), split, "", meta))
+        load = (_lesion_loader(img_path, mask_path, lungs[img_path], working_size) if target == "lesion"
+                else pair_loader(img_path, mask_path, 1, working_size))
+        refs.append(CaseRef(img_path.stem, load, split, "", meta))
     return refs, "images/ + masks/ layout"
 
 
@@ -108,7 +138,10 @@ def load_cxr(root: Path, working_size: int | None = 256, seed: int = 0, target: 
         root: the dataset folder.
         working_size: resize to ``working_size`` squared (``None`` keeps native sizes).
         seed: seeds the split when the data carry none, and the caps.
-        target: ``"lung"`` (default) or ``"lesion"`` (``lesion_masks/``, shared layout only).
+        target: ``"lung"`` (default) or ``"lesion"`` (``lesion_masks/``, shared layout only; an all-empty lesion
+            mask is a valid negative case). The lesion target carries an LViT-style report per image, generated
+            from its lesion and lung masks (:mod:`diffseg_core.data.reports`; ``meta['text_source'] =
+            "generated"``), and the lung mask at the working size in ``meta['lung']``.
         split_protocol: ``"seeded"`` (default) or ``"cdal_fold0"`` (Kaggle layout: Montgomery = test).
         max_train, max_eval: keep at most this many train / val and test cases (decided before reading).
     Returns:
@@ -147,6 +180,11 @@ def load_cxr(root: Path, working_size: int | None = 256, seed: int = 0, target: 
         for r in pending:
             r.split = r.split or split[r.id]
     cases = materialise(refs, max_train, max_eval, seed)
+    if target == "lesion":  # LViT-style sentences generated from the masks (the folder has no text)
+        for c in cases:
+            c.text = c.meta.pop("report")
+            c.meta["text_source"] = "generated"
+        what += ", LViT-style reports generated from the lesion and lung masks"
     names = ("background", "lesion") if target == "lesion" else ("background", "lung")
     return SegDataset(name="cxr", cases=cases, class_names=names, in_channels=1, source="real", root=root,
-                      has_text=False, description=f"chest X-ray {target} masks, {what}")
+                      has_text=target == "lesion", description=f"chest X-ray {target} masks, {what}")
