@@ -3,7 +3,8 @@
 Layouts recognised under ``root``:
 
 1. **plain / shared**: ``images/*.png`` + ``masks/*.png`` (same names), optional ``lesion_masks/`` (the
-   ``target="lesion"`` label, with LViT-style reports generated from the masks) and ``cases.csv``. A ``split`` column is used when present; otherwise a seeded 60/20/20 split is made,
+   ``target="lesion"`` label, with LViT-style reports generated from the masks) and ``cases.csv``. A
+   ``split`` column is used when present; otherwise a seeded 60/20/20 split is made,
    **grouped by** ``patient_id`` when that column exists (no patient in two splits);
 2. **Montgomery County** (NLM): ``CXR_png/`` + ``ManualMask/leftMask/`` + ``ManualMask/rightMask/`` (or
    ``leftMask/`` + ``rightMask/`` directly under ``root``); the two lung masks are united;
@@ -74,7 +75,8 @@ def _refs_plain(root: Path, working_size: int | None, target: str) -> tuple[list
     rows = read_cases_csv(root / "cases.csv")
     refs = []
     images = list_images(root / "images")
-    lungs = dict(pair_files(images, root / "masks", same_stem((".png",)), what="lung mask")) if target == "lesion" else {}
+    lungs = (dict(pair_files(images, root / "masks", same_stem((".png",)), what="lung mask"))
+             if target == "lesion" else {})
     for img_path, mask_path in pair_files(images, mask_dir, same_stem((".png",))):
         row = rows.get(img_path.stem, {})
         split = row.get("split") or None

@@ -75,7 +75,8 @@ class LesionFindings:
         for side in SIDES:
             zones = getattr(self, side)
             if tuple(z for z in ZONES if z in zones) != tuple(zones):
-                raise ValueError(f"LesionFindings: {side} zones {zones} must be distinct words of {ZONES}, top to bottom")
+                raise ValueError(f"LesionFindings: {side} zones {zones} must be distinct words of {ZONES}, "
+                                 "top to bottom")
         sides = sum(bool(getattr(self, s)) for s in SIDES)
         if (self.n_areas == 0) != (sides == 0) or self.n_areas < sides:
             raise ValueError(f"LesionFindings: {self.n_areas} area(s) cannot cover {sides} infected lung(s)")
