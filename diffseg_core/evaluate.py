@@ -83,11 +83,10 @@ def evaluate_cases(method: SegMethod, cases: Sequence[Case], protocol: str = "",
 
 def describe_protocol(cfg, split: str, n_images: int, checkpoint: str, volumes: bool = False) -> str:
     """A one-sentence protocol label for a result row."""
-    size = f"resized to {cfg.data.working_size}x{cfg.data.working_size}" if cfg.data.working_size else "native size"
+    size = ((f"{cfg.data.target} target, " if getattr(cfg.data, "target", None) else "")
+            + (f"resized to {cfg.data.working_size}x{cfg.data.working_size}" if cfg.data.working_size else "native size"))
     unit = "volumes" if volumes else "images"
-    target = getattr(cfg.data, "target", None)
-    dataset = f"{cfg.dataset}, {target} target" if target else cfg.dataset
-    return (f"{cfg.method} on {dataset} ({size}; sliding-window tiles of {cfg.data.crop} px, overlap "
+    return (f"{cfg.method} on {cfg.dataset} ({size}; sliding-window tiles of {cfg.data.crop} px, overlap "
             f"{cfg.data.overlap}); {split} split, {n_images} {unit}; checkpoint: {checkpoint}; Dice/IoU as "
             f"per-{unit[:-1]} means (*_mean) and pooled over {unit} (*_global); preset {cfg.preset}, seed {cfg.seed}.")
 

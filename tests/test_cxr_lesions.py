@@ -89,9 +89,9 @@ def test_data_config_carries_the_target_to_the_loader(tmp_path):
 
 def test_protocol_sentence_names_the_target():
     cfg = get_config("unet", "cxr", "smoke")
-    assert "cxr, lung target" in describe_protocol(cfg, "test", 3, "best.pt")
+    assert "on cxr (lung target, resized" in describe_protocol(cfg, "test", 3, "best.pt")
     cfg.data.target = "lesion"
-    assert "cxr, lesion target" in describe_protocol(cfg, "test", 3, "best.pt")
+    assert "on cxr (lesion target, resized" in describe_protocol(cfg, "test", 3, "best.pt")
     assert "on monuseg (" in describe_protocol(get_config("unet", "monuseg", "smoke"), "test", 3, "best.pt")
 
 
