@@ -4,7 +4,6 @@
 
     python -m diffseg_core train    --method unet --dataset monuseg|cxr|hippocampus|qata|synthetic \\
                                     --data DIR --preset smoke|cpu|gpu|paper|auto --out RUN_DIR [--seed N] [--resume]
-                                    [--target lung|lesion]
     python -m diffseg_core evaluate --run RUN_DIR --data DIR [--split test|val|train|all] --json OUT.json
     python -m diffseg_core book     [--preset auto] [--data DIR] [--out _build]
 
@@ -110,10 +109,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = get_config(args.method, args.dataset, args.preset, seed=args.seed, **_model_overrides(args))
     if args.steps is not None:
         cfg = override(cfg, **{"train.steps": args.steps})
-    if args.minutes is not None:
-        cfg = override(cfg, **{"train.max_minutes": args.minutes})
     if args.target is not None:
         cfg = override(cfg, **{"data.target": args.target})
+    if args.minutes is not None:
+        cfg = override(cfg, **{"train.max_minutes": args.minutes})
     dataset = _load_data(args.dataset, args.data, cfg.data, cfg.seed)
     run_training(cfg, dataset, run_dir=args.out, resume=args.resume, progress=not args.no_progress)
     print(f"run written to {args.out}")

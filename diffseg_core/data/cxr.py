@@ -26,7 +26,6 @@ import numpy as np
 from .base import DataError, SegDataset, assign_seeded_split
 from .io import (CaseRef, check_same_size, list_images, materialise, pair_files, pair_loader, read_cases_csv,
                  read_image, read_mask, resize_pair, same_stem, seeded_train_val)
-from .reports import lesion_report
 
 
 def detect_layout(root: Path) -> str:
@@ -50,6 +49,8 @@ def _lesion_loader(img_path: Path, lesion_path: Path, lung_path: Path, working_s
     and returned in ``meta['report']``; the lung mask is kept, at the working size, in ``meta['lung']`` (uint8).
     An all-empty lesion mask is a valid negative case.
     """
+    from .reports import lesion_report
+
     def load():
         image = read_image(img_path, 1)
         lesion, lung = read_mask(lesion_path), read_mask(lung_path)
@@ -68,16 +69,22 @@ def _lesion_loader(img_path: Path, lesion_path: Path, lung_path: Path, working_s
     return load
 
 
+def _lung_mask_of(root: Path, img_path: Path) -> Path:
+    """The lung mask ``masks/<stem>.png`` of an image (the lesion target needs it for the report)."""
+    path = root / "masks" / f"{img_path.stem}.png"
+    if not path.is_file():
+        raise DataError(f"{img_path}: no lung mask found in {root / 'masks'} (looked for {path.name}); the lesion "
+                        "target needs it for the report's sides and zones: add it or remove the image")
+    return path
+
+
 def _refs_plain(root: Path, working_size: int | None, target: str) -> tuple[list[CaseRef], str]:
     mask_dir = root / ("lesion_masks" if target == "lesion" else "masks")
     if target == "lesion" and not mask_dir.is_dir():
         raise DataError(f"{mask_dir}: target='lesion' needs a lesion_masks/ folder next to images/")
     rows = read_cases_csv(root / "cases.csv")
     refs = []
-    images = list_images(root / "images")
-    lungs = (dict(pair_files(images, root / "masks", same_stem((".png",)), what="lung mask"))
-             if target == "lesion" else {})
-    for img_path, mask_path in pair_files(images, mask_dir, same_stem((".png",))):
+    for img_path, mask_path in pair_files(list_images(root / "images"), mask_dir, same_stem((".png",))):
         row = rows.get(img_path.stem, {})
         split = row.get("split") or None
         if split is not None and split not in ("train", "val", "test"):
@@ -85,9 +92,9 @@ def _refs_plain(root: Path, working_size: int | None, target: str) -> tuple[list
         meta = {"image_path": str(img_path), "mask_path": str(mask_path)}
         if row.get("patient_id"):
             meta["patient_id"] = row["patient_id"]
-        load = (_lesion_loader(img_path, mask_path, lungs[img_path], working_size) if target == "lesion"
-                else pair_loader(img_path, mask_path, 1, working_size))
-        refs.append(CaseRef(img_path.stem, load, split, "", meta))
+        refs.append(CaseRef(img_path.stem, pair_loader(img_path, mask_path, 1, working_size) if target == "lung" else
+                            _lesion_loader(img_path, mask_path, _lung_mask_of(root, img_path), working_size),
+                            split, "", meta))
     return refs, "images/ + masks/ layout"
 
 
