@@ -167,16 +167,16 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 #: every dataset name the loaders and presets know (``synthetic`` is the offline default)
 DATASETS: tuple[str, ...] = tuple(DATA_PRESETS)
 
-#: ``DataConfig.target`` choices of the datasets that offer one (the first is the default)
+#: ``DataConfig.target`` choices of the datasets that offer one (the first is the default, which
+#: :func:`diffseg_core.methods.get_config` writes into every run config of that dataset)
 TARGETS: dict[str, tuple[str, ...]] = {"cxr": ("lung", "lesion")}
 
 
 def data_config(dataset: str, preset: str) -> DataConfig:
-    """The :class:`DataConfig` of a dataset at a (resolved) preset (with the dataset's default ``target``)."""
+    """The :class:`DataConfig` of a dataset at a (resolved) preset."""
     if dataset not in DATA_PRESETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    default_target = TARGETS[dataset][0] if dataset in TARGETS else None
-    return DataConfig(**{"target": default_target, **DATA_PRESETS[dataset][resolve_preset(preset)]})
+    return DataConfig(**DATA_PRESETS[dataset][resolve_preset(preset)])
 
 
 def check_model_options(model_cls: type, names: Any, method: str) -> None:

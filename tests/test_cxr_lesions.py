@@ -73,7 +73,8 @@ def test_lesion_target_needs_the_lung_masks_and_names_what_is_missing(tmp_path):
 def test_data_config_carries_the_target_to_the_loader(tmp_path):
     root = tmp_path / "cxr_lung"
     _tiny_cxr(root)
-    assert data_config("cxr", "cpu").target == "lung" and data_config("monuseg", "cpu").target is None
+    assert get_config("unet", "cxr", "cpu").data.target == "lung"  # the default, recorded in the run config
+    assert get_config("unet", "monuseg", "cpu").data.target is None and data_config("cxr", "cpu").target is None
     ds = load_dataset("cxr", root, DataConfig(working_size=16, target="lesion"))
     assert ds.class_names[1] == "lesion" and ds.has_text
     assert load_dataset("cxr", root, DataConfig(working_size=16)).class_names[1] == "lung"  # default: lung
