@@ -158,3 +158,68 @@ def test_cli_trains_and_evaluates_textdiff_on_the_lesion_target(tmp_path):
     assert main(["evaluate", "--run", str(run), "--data", str(root), "--split", "test", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["dataset"] == "cxr" and "lesion target" in res["protocol"] and 0 <= res["dice_mean"] <= 1
+
+
+def test_cli_lesion_run_scores_negative_cases_as_the_metric_defines(tmp_path):
+    """Train and evaluate from the CLI on a folder where half the lesion masks are empty; every per-image Dice
+    equals the hand formula (an empty mask scores 1 when nothing is predicted, 0 otherwise)."""
+    from diffseg_core.evaluate import evaluate_cases
+    from diffseg_core.train import load_run
+
+    root = tmp_path / "cxr_lung"
+    _tiny_cxr(root)
+    run = tmp_path / "run"
+    assert main(["train", "--method", "unet", "--dataset", "cxr", "--data", str(root), "--preset", "smoke",
+                 "--target", "lesion", "--steps", "2", "--out", str(run), "--no-progress"]) == 0
+    saved = json.loads((run / "config.json").read_text())["data"]
+    assert saved["target"] == "lesion"
+    out = tmp_path / "all.json"
+    assert main(["evaluate", "--run", str(run), "--data", str(root), "--split", "all", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["n_images"] == 6 and "cxr (lesion target, resized" in res["protocol"]
+    cfg = RunConfig.from_dict(json.loads((run / "config.json").read_text()))
+    ds = load_dataset("cxr", root, cfg.data)  # evaluate reads the target back from the run config
+    assert ds.class_names[1] == "lesion" and sum(not c.label.any() for c in ds.cases) == 3
+    method, _, _ = load_run(run, ds)
+    scores = evaluate_cases(method, ds.cases, keep_predictions=True)
+    assert scores["per_image_dice"] == pytest.approx(res["per_image_dice"])
+    for cid, dice in zip(scores["ids"], scores["per_image_dice"]):
+        pred, gt = scores["predictions"][cid].astype(bool), next(c for c in ds.cases if c.id == cid).label.astype(bool)
+        expected = (1.0 if not pred.any() else 0.0) if not gt.any() else \
+            2 * (pred & gt).sum() / (pred.sum() + gt.sum())
+        assert dice == pytest.approx(expected), (cid, gt.any())
+
+
+def test_train_refuses_target_for_datasets_without_a_choice_before_writing(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["train", "--method", "unet", "--dataset", "monuseg", "--preset", "smoke", "--target", "lesion",
+                 "--out", str(run), "--no-progress"]) == 2
+    assert "only --dataset cxr offers a choice of target" in capsys.readouterr().err and not run.exists()
+    assert main(["train", "--method", "unet", "--dataset", "cxr", "--preset", "smoke", "--target", "heart",
+                 "--out", str(run), "--no-progress"]) == 2
+    assert "invalid choice: 'heart'" in capsys.readouterr().err and not run.exists()
+
+
+def test_text_tokens_flag_reaches_the_run_config_and_the_text_encoder(tmp_path, capsys):
+    """--text-tokens sets max_length: saved with the run, used by the encoder that trains and that evaluates."""
+    from diffseg_core.train import load_run
+
+    run = tmp_path / "run"
+    assert main(["train", "--method", "textdiff", "--dataset", "synthetic", "--target", "lesion", "--preset", "smoke",
+                 "--steps", "1", "--text-tokens", "24", "--out", str(run), "--no-progress"]) == 0
+    cfg = RunConfig.from_dict(json.loads((run / "config.json").read_text()))
+    assert cfg.model["max_length"] == 24 and cfg.data.target == "lesion"
+    assert get_config("textdiff", "synthetic", "smoke").model["max_length"] == 10  # the paper's, without the flag
+    ds = load_dataset("synthetic", None, cfg.data, seed=cfg.seed)
+    method, _, _ = load_run(run, ds)
+    assert method.text_encoder.max_length == 24
+    report = max((c.text for c in ds.cases), key=len)  # the longest generated report
+    tokens, mask = method.text_encoder.encode([report])
+    assert tokens.shape[:2] == (1, 24)
+    assert int(mask.sum()) > 10, f"{report!r} fits in 10 word pieces; the flag would change nothing for it"
+    assert main(["train", "--method", "textdiff", "--dataset", "synthetic", "--preset", "smoke", "--text-tokens", "1",
+                 "--out", str(tmp_path / "r1"), "--no-progress"]) == 2
+    assert "--text-tokens 1: must be at least 2" in capsys.readouterr().err and not (tmp_path / "r1").exists()
+    assert main(["train", "--method", "unet", "--dataset", "synthetic", "--preset", "smoke", "--text-tokens", "24",
+                 "--out", str(tmp_path / "r2"), "--no-progress"]) == 2
+    assert "--text-tokens is a textdiff option" in capsys.readouterr().err

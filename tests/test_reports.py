@@ -252,6 +252,7 @@ def test_every_real_report_describes_its_mask(cxr_root):
         lung = read_mask(cxr_root / "masks" / f"{c.id}.png")
         np.testing.assert_array_equal(c.label, lesion)  # native size: the label is the file
         said = parse_report(c.text)
+        assert format_report(said) == c.text  # the sentence round-trips through the grammar
         n, zones = recompute(lesion, lung)
         assert said.n_areas == min(n, MANY_AREAS), (c.id, c.text, n)
         assert set(said.left) == zones["left"] and set(said.right) == zones["right"], (c.id, c.text, zones)

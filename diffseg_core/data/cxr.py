@@ -85,7 +85,9 @@ def _lung_mask_of(root: Path, img_path: Path) -> Path:
 def _refs_plain(root: Path, working_size: int | None, target: str) -> tuple[list[CaseRef], str]:
     mask_dir = root / ("lesion_masks" if target == "lesion" else "masks")
     if target == "lesion" and not mask_dir.is_dir():
-        raise DataError(f"{mask_dir}: target='lesion' needs a lesion_masks/ folder next to images/")
+        raise DataError(f"{mask_dir}: no such folder; the lesion target needs a lesion_masks/ folder next to images/ "
+                        "with one mask per image (all black where an image has no lesion): add it, or leave --target "
+                        "out to segment the lungs")
     rows = read_cases_csv(root / "cases.csv")
     pairs = pair_files(list_images(root / "images"), mask_dir, same_stem((".png",)))
     check_case_ids(rows, [p.stem for p, _ in pairs], root / "cases.csv", root / "images")
@@ -169,7 +171,9 @@ def load_cxr(root: Path, working_size: int | None = 256, seed: int = 0, target: 
         raise DataError(f"load_cxr: split_protocol must be 'seeded' or 'cdal_fold0', got {split_protocol!r}")
     layout = detect_layout(root)
     if target == "lesion" and layout != "plain":
-        raise DataError(f"{root}: target='lesion' is only available for the images/ + masks/ + lesion_masks/ layout")
+        raise DataError(f"{root}: the lesion target is only available for the images/ + masks/ + lesion_masks/ "
+                        "layout; this folder has another layout (lung masks only): leave --target out to segment the "
+                        "lungs, or arrange the lesion masks in that layout (see data/README.md)")
     if layout == "plain":
         refs, what = _refs_plain(root, working_size, target)
     elif layout == "montgomery":
