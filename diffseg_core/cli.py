@@ -39,7 +39,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .config import DATASETS, PRESETS
+    from .config import DATASETS, PRESETS, TARGETS
     from .data import SPLITS
     from .methods import METHODS, get_method_class
 
@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, help="override the preset's number of training steps")
     t.add_argument("--minutes", type=float, help="wall-clock training budget in minutes (overrides the preset)")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--target", choices=tuple(dict.fromkeys(c for choices in TARGETS.values() for c in choices)),
+                   help="cxr only: segment the lung fields (default) or the lesions (with generated LViT-style reports)")
     for name in METHODS:  # each method declares its own options (diffseg_core.methods.base.MethodOption)
         options = get_method_class(name).cli_options
         if not options:
@@ -108,9 +110,10 @@ def _model_overrides(args: argparse.Namespace) -> dict:
             if name != args.method:
                 raise UsageError(f"{o.flag} is a {name} option; it does not apply to --method {args.method}: leave it "
                                  f"out, or use --method {name}")
-            if o.type is int and not o.is_switch and value < 1:
-                raise UsageError(f"{o.flag} {value}: must be at least 1; give a positive number, or leave it out "
-                                 "for the preset's value")
+            if o.type is int and not o.is_switch and value < o.minimum:
+                raise UsageError(f"{o.flag} {value}: must be at least {o.minimum}; give a "
+                                 + ("positive number" if o.minimum == 1 else f"number of {o.minimum} or more")
+                                 + ", or leave it out for the preset's value")
             out[o.field] = o.const if o.is_switch else value
     return out
 
@@ -175,7 +178,7 @@ def _check_output_file(path: str, option: str) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import RunLock
-    from .config import override
+    from .config import TARGETS, override
     from .methods import get_config
     from .train import RUN_FILES, check_run_folder, run_training
 
@@ -186,9 +189,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.minutes is not None and not args.minutes > 0:
         raise UsageError(f"--minutes {args.minutes}: must be a positive number of minutes; leave it out for "
                          "the preset's time budget")
+    if args.target is not None and args.dataset not in (*TARGETS, "synthetic"):
+        raise UsageError(f"--target {args.target}: only --dataset cxr offers a choice of target (lung or lesion; "
+                         f"--dataset synthetic gives their offline stand-ins); leave --target out for --dataset "
+                         f"{args.dataset}")
     cfg = get_config(args.method, args.dataset, args.preset, seed=args.seed, **overrides)
     if args.steps is not None:
         cfg = override(cfg, **{"train.steps": args.steps})
+    if args.target is not None:
+        cfg = override(cfg, **{"data.target": args.target})
     if args.minutes is not None:
         cfg = override(cfg, **{"train.max_minutes": args.minutes})
     # the run folder first (cheap), then the data (slow), then the training loop's own checks

@@ -57,6 +57,8 @@ class DataConfig:
     overlap: float = 0.25
     max_train_cases: int | None = None
     max_eval_cases: int | None = None
+    #: what to segment where a dataset offers a choice (``cxr``: ``"lung"`` or ``"lesion"``); ``None``: the default
+    target: str | None = None
     synthetic_cases: int = 24
     synthetic_size: int = 256
     hippocampus_max_volumes: int | None = None
@@ -185,6 +187,10 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 
 #: every dataset name the loaders and presets know (``synthetic`` is the offline default)
 DATASETS: tuple[str, ...] = tuple(DATA_PRESETS)
+
+#: ``DataConfig.target`` choices of the datasets that offer one (the first is the default, which
+#: :func:`diffseg_core.methods.get_config` writes into every run config of that dataset)
+TARGETS: dict[str, tuple[str, ...]] = {"cxr": ("lung", "lesion")}
 
 
 def data_config(dataset: str, preset: str) -> DataConfig:

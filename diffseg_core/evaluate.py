@@ -158,7 +158,8 @@ def describe_protocol(cfg, split: str, n_images: int, checkpoint: str, volumes: 
     ``n_available`` (when a subset was scored with ``--limit``) says of how many; ``note`` is appended
     (e.g. that GPU kernels are not bitwise reproducible).
     """
-    size = f"resized to {cfg.data.working_size}x{cfg.data.working_size}" if cfg.data.working_size else "native size"
+    size = ((f"{cfg.data.target} target, " if getattr(cfg.data, "target", None) else "")
+            + (f"resized to {cfg.data.working_size}x{cfg.data.working_size}" if cfg.data.working_size else "native size"))
     unit = "volumes" if volumes else "images"
     scored = (f"the first {n_images} of {n_available} {unit} (--limit {n_images})"
               if n_available is not None and n_available != n_images else f"{n_images} {unit}")

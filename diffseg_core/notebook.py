@@ -52,8 +52,9 @@ class NotebookContext:
             if not allow_synthetic:
                 raise FileNotFoundError(f"no {name} data under {self.data_root!r}")
             _markdown(SYNTHETIC_NOTICE.format(name=name))
+            family = "lesion" if getattr(cfg, "target", None) == "lesion" else _FAMILY.get(name, "nuclei")
             return load_dataset("synthetic", None, data_config("synthetic", self.preset), seed=self.seed,
-                                family=_FAMILY.get(name, "nuclei"))
+                                family=family)
         ds = load_dataset(name, root, cfg, seed=self.seed)
         _markdown(f"**Running on REAL data:** {ds.description} (`{root}`), {len(ds)} cases.")
         return ds

@@ -113,6 +113,16 @@ CASES: tuple[BadInput, ...] = (
              "DATA: every training mask is empty (all background in 1 of 1 training images), so a model could only "
              "learn to predict background; check that the masks mark the structure with values above 0, and that "
              "--dataset is right"),
+    BadInput("mask-lesion-folder", "Masks", "The lesion target without a lesion_masks/ folder",
+             "`DATA` is a chest X-ray folder with `images/` and `masks/` (the lungs) only.", f"{CXR} --target lesion",
+             "DATA/lesion_masks: no such folder; the lesion target needs a lesion_masks/ folder next to images/ with one "
+             "mask per image (all black where an image has no lesion): add it, or leave --target out to segment the "
+             "lungs"),
+    BadInput("mask-lesion-no-lung", "Masks", "The lesion target with an image that has no lung mask",
+             "`DATA/lesion_masks/` has a mask for every image, but `DATA/masks/b.png` (the lung mask of `b`, which the "
+             "generated report needs for sides and zones) is missing.", f"{CXR} --target lesion",
+             "DATA/images/b.png: no lung mask found in DATA/masks (looked for b.png); the lesion target needs it for the "
+             "report's sides and zones: add it or remove the image"),
     # ---- folders ------------------------------------------------------------------------------
     BadInput("folder-empty", "Folders and case lists", "An empty dataset folder", "`DATA` exists but is empty.",
              MONUSEG,
@@ -213,6 +223,13 @@ CASES: tuple[BadInput, ...] = (
     BadInput("option-steps-zero", "Options", "--steps 0", "",
              f"{TRAIN} --method unet --dataset synthetic --preset smoke --out RUN --steps 0",
              "--steps 0: must be at least 1; give the number of training steps, or leave it out for the preset's"),
+    BadInput("option-target-other-dataset", "Options", "--target for a dataset without a choice of target",
+             "`DATA` is a MoNuSeg folder.", f"{MONUSEG} --target lesion",
+             "--target lesion: only --dataset cxr offers a choice of target (lung or lesion; --dataset synthetic gives "
+             "their offline stand-ins); leave --target out for --dataset monuseg"),
+    BadInput("option-text-tokens-one", "Options", "--text-tokens below 2", "",
+             f"{TRAIN} --method textdiff --dataset synthetic --preset smoke --out RUN --text-tokens 1",
+             "--text-tokens 1: must be at least 2; give a number of 2 or more, or leave it out for the preset's value"),
     BadInput("option-data-missing", "Options", "No --data for a real dataset",
              "Neither --data nor DIFFSEG_DATA is set.", f"{TRAIN} --method unet --dataset monuseg --preset smoke --out RUN",
              "--data is required for --dataset monuseg; pass the dataset folder (or set DIFFSEG_DATA)"),

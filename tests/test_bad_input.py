@@ -193,6 +193,14 @@ def _mask_jpeg(d: Path) -> None:
     Image.fromarray(np.clip(blurred + ripple, 0, 255).astype(np.uint8)).save(d / "masks" / "a.png")
 
 
+def _cxr_lesions(root: Path, runs: Runs) -> None:
+    """A chest X-ray folder with lesion masks (b's empty: a negative case) and no lung mask for b."""
+    cxr(root / "DATA")
+    for cid in ("a", "b", "c"):
+        _mask(root / "DATA" / "lesion_masks" / f"{cid}.png", empty=cid == "b")
+    (root / "DATA" / "masks" / "b.png").unlink()
+
+
 def _folder_wrong(root: Path, runs: Runs) -> None:
     (root / "DATA" / "scans").mkdir(parents=True)
     (root / "DATA" / "labels.txt").write_text("a 1\n")
@@ -308,6 +316,8 @@ BUILDERS = {
     "mask-missing": _image_case(lambda d: _rgb(d / "images" / "d.png")),
     "mask-orphan": _image_case(lambda d: _mask(d / "masks" / "z.png")),
     "mask-all-background": lambda root, runs: monuseg(root / "DATA", empty_masks=True),
+    "mask-lesion-folder": lambda root, runs: cxr(root / "DATA"),
+    "mask-lesion-no-lung": _cxr_lesions,
     "folder-empty": lambda root, runs: (root / "DATA").mkdir(),
     "folder-missing": lambda root, runs: None,
     "folder-wrong-layout": _folder_wrong,
@@ -335,6 +345,8 @@ BUILDERS = {
     "option-train-images": lambda root, runs: monuseg(root / "DATA"),
     "option-timesteps-zero": lambda root, runs: None,
     "option-steps-zero": lambda root, runs: None,
+    "option-target-other-dataset": lambda root, runs: monuseg(root / "DATA"),
+    "option-text-tokens-one": lambda root, runs: None,
     "option-data-missing": lambda root, runs: None,
     "option-out-unwritable": lambda root, runs: (root / "FILE").write_text("a file, not a folder"),
     "option-out-holds-run": _with_data_and_run,

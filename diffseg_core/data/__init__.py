@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..config import DATASETS, data_config
+from ..config import DATASETS, TARGETS, data_config
 from .base import SPLITS, Case, DataError, DatasetInfo, SegDataset, assign_seeded_split
 from .batches import train_batches
 from .io import cap_cases, resize_pair
@@ -117,12 +117,15 @@ def load_dataset(name: str, root: str | Path | None = None, cfg: Any = None, see
         name: ``monuseg``, ``cxr``, ``hippocampus``, ``qata`` or ``synthetic``.
         root: the dataset folder, or a data root holding it (see :func:`find_dataset_root`); ``None`` looks
             under ``$DIFFSEG_DATA``; ignored for ``synthetic``.
-        cfg: a :class:`~diffseg_core.config.DataConfig` (default: the dataset's ``cpu`` preset). Images are
+        cfg: a :class:`~diffseg_core.config.DataConfig` (default: the dataset's ``cpu`` preset); its ``target``
+            (``cxr``: ``"lung"`` or ``"lesion"``) is passed to the loader; for ``synthetic`` it selects the
+            ``lung`` or ``lesion`` family (when ``family`` is not given). Images are
             resized to ``cfg.working_size`` (bilinear, labels nearest; ``None`` keeps native sizes) and
             cases capped by ``cfg.max_train_cases`` (train) / ``cfg.max_eval_cases`` (val and test each),
             deterministically given ``seed``. Synthetic data uses ``cfg.synthetic_cases``/``synthetic_size``.
         seed: seeds the split (where the dataset has none), the caps and the synthetic generator.
-        family: synthetic family ``nuclei`` (default), ``lung`` or ``hippocampus``.
+        family: synthetic family ``nuclei`` (default), ``lung``, ``hippocampus`` or ``lesion``
+            (:mod:`~diffseg_core.data.synthetic_lesions`).
         **options: loader-specific, e.g. ``target="lesion"`` for ``cxr``.
     Returns:
         :class:`SegDataset` with cases ``image`` ``(C, H, W)`` float32 in [0, 1], ``label`` ``(H, W)`` int64.
@@ -131,7 +134,20 @@ def load_dataset(name: str, root: str | Path | None = None, cfg: Any = None, see
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     cfg = cfg if cfg is not None else data_config(name, "cpu")
     size = cfg.working_size
-    if name == "synthetic":
+    target = getattr(cfg, "target", None)
+    if target is not None and name != "synthetic":
+        if target not in TARGETS.get(name, ()):
+            raise DataError(f"load_dataset({name!r}): target {target!r} is not available; "
+                            + (f"choose one of {', '.join(TARGETS[name])}" if name in TARGETS
+                               else f"{name} has one target only (leave DataConfig.target as None)"))
+        options.setdefault("target", target)
+    family = family or ({"lesion": "lesion", "lung": "lung"}.get(target) if name == "synthetic" else None)
+    if name == "synthetic" and family == "lesion":
+        from .synthetic_lesions import synthetic_lesion_dataset
+
+        ds = synthetic_lesion_dataset(n_cases=cfg.synthetic_cases, size=cfg.synthetic_size, seed=seed,
+                                      working_size=size)
+    elif name == "synthetic":
         from .synthetic import synthetic_dataset
 
         ds = synthetic_dataset(family or "nuclei", n_cases=cfg.synthetic_cases, size=cfg.synthetic_size, seed=seed,

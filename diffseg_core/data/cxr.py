@@ -2,8 +2,9 @@
 
 Layouts recognised under ``root``:
 
-1. **plain / shared**: ``images/*.png`` + ``masks/*.png`` (same names), optional ``lesion_masks/`` and
-   ``cases.csv``. A ``split`` column is used when present; otherwise a seeded 60/20/20 split is made,
+1. **plain / shared**: ``images/*.png`` + ``masks/*.png`` (same names), optional ``lesion_masks/`` (the
+   ``target="lesion"`` label, with LViT-style reports generated from the masks) and ``cases.csv``. A
+   ``split`` column is used when present; otherwise a seeded 60/20/20 split is made,
    **grouped by** ``patient_id`` when that column exists (no patient in two splits);
 2. **Montgomery County** (NLM): ``CXR_png/`` + ``ManualMask/leftMask/`` + ``ManualMask/rightMask/`` (or
    ``leftMask/`` + ``rightMask/`` directly under ``root``); the two lung masks are united;
@@ -45,10 +46,48 @@ def detect_layout(root: Path) -> str:
                     "folder itself (see data/README.md)")
 
 
+def _lesion_loader(img_path: Path, lesion_path: Path, lung_path: Path, working_size: int | None):
+    """``CaseRef.load`` for the lesion target: the lesion mask is the label; the lung mask gives the report.
+
+    The report is generated at the masks' native resolution (:func:`~diffseg_core.data.reports.lesion_report`)
+    and returned in ``meta['report']``; the lung mask is kept, at the working size, in ``meta['lung']`` (uint8).
+    An all-empty lesion mask is a valid negative case.
+    """
+    from .reports import lesion_report
+
+    def load():
+        image = read_image(img_path, 1)
+        lesion, lung = read_mask(lesion_path), read_mask(lung_path)
+        check_same_size(image, lesion, img_path, lesion_path)
+        check_same_size(image, lung, img_path, lung_path)
+        if not lung.any():
+            raise DataError(f"{lung_path}: the lung mask is empty; the lesion target needs it for the report's sides "
+                            "and zones")
+        orig = (int(image.shape[1]), int(image.shape[2]))
+        report = lesion_report(lesion, lung)
+        if working_size is not None:
+            lung = resize_pair(image, lung, working_size)[1]
+            image, lesion = resize_pair(image, lesion, working_size)
+        return image, lesion, {"orig_size": orig, "report": report, "lung": lung.astype(np.uint8),
+                               "lung_mask_path": str(lung_path)}
+    return load
+
+
+def _lung_mask_of(root: Path, img_path: Path) -> Path:
+    """The lung mask ``masks/<stem>.png`` of an image (the lesion target needs it for the report)."""
+    path = root / "masks" / f"{img_path.stem}.png"
+    if not path.is_file():
+        raise DataError(f"{img_path}: no lung mask found in {root / 'masks'} (looked for {path.name}); the lesion "
+                        "target needs it for the report's sides and zones: add it or remove the image")
+    return path
+
+
 def _refs_plain(root: Path, working_size: int | None, target: str) -> tuple[list[CaseRef], str]:
     mask_dir = root / ("lesion_masks" if target == "lesion" else "masks")
     if target == "lesion" and not mask_dir.is_dir():
-        raise DataError(f"{mask_dir}: target='lesion' needs a lesion_masks/ folder next to images/")
+        raise DataError(f"{mask_dir}: no such folder; the lesion target needs a lesion_masks/ folder next to images/ "
+                        "with one mask per image (all black where an image has no lesion): add it, or leave --target "
+                        "out to segment the lungs")
     rows = read_cases_csv(root / "cases.csv")
     pairs = pair_files(list_images(root / "images"), mask_dir, same_stem((".png",)))
     check_case_ids(rows, [p.stem for p, _ in pairs], root / "cases.csv", root / "images")
@@ -61,7 +100,9 @@ def _refs_plain(root: Path, working_size: int | None, target: str) -> tuple[list
         meta = {"image_path": str(img_path), "mask_path": str(mask_path)}
         if row.get("patient_id"):
             meta["patient_id"] = row["patient_id"]
-        refs.append(CaseRef(img_path.stem, pair_loader(img_path, mask_path, 1, working_size), split, "", meta))
+        refs.append(CaseRef(img_path.stem, pair_loader(img_path, mask_path, 1, working_size) if target == "lung" else
+                            _lesion_loader(img_path, mask_path, _lung_mask_of(root, img_path), working_size),
+                            split, "", meta))
     return refs, "images/ + masks/ layout"
 
 
@@ -114,7 +155,10 @@ def load_cxr(root: Path, working_size: int | None = 256, seed: int = 0, target: 
         root: the dataset folder.
         working_size: resize to ``working_size`` squared (``None`` keeps native sizes).
         seed: seeds the split when the data carry none, and the caps.
-        target: ``"lung"`` (default) or ``"lesion"`` (``lesion_masks/``, shared layout only).
+        target: ``"lung"`` (default) or ``"lesion"`` (``lesion_masks/``, shared layout only; an all-empty lesion
+            mask is a valid negative case). The lesion target carries an LViT-style report per image, generated
+            from its lesion and lung masks (:mod:`diffseg_core.data.reports`; ``meta['text_source'] =
+            "generated"``), and the lung mask at the working size in ``meta['lung']``.
         split_protocol: ``"seeded"`` (default) or ``"cdal_fold0"`` (Kaggle layout: Montgomery = test).
         max_train, max_eval: keep at most this many train / val and test cases (decided before reading).
     Returns:
@@ -127,7 +171,9 @@ def load_cxr(root: Path, working_size: int | None = 256, seed: int = 0, target: 
         raise DataError(f"load_cxr: split_protocol must be 'seeded' or 'cdal_fold0', got {split_protocol!r}")
     layout = detect_layout(root)
     if target == "lesion" and layout != "plain":
-        raise DataError(f"{root}: target='lesion' is only available for the images/ + masks/ + lesion_masks/ layout")
+        raise DataError(f"{root}: the lesion target is only available for the images/ + masks/ + lesion_masks/ "
+                        "layout; this folder has another layout (lung masks only): leave --target out to segment the "
+                        "lungs, or arrange the lesion masks in that layout (see data/README.md)")
     if layout == "plain":
         refs, what = _refs_plain(root, working_size, target)
     elif layout == "montgomery":
@@ -153,6 +199,11 @@ def load_cxr(root: Path, working_size: int | None = 256, seed: int = 0, target: 
         for r in pending:
             r.split = r.split or split[r.id]
     cases = materialise(refs, max_train, max_eval, seed)
+    if target == "lesion":  # LViT-style sentences generated from the masks (the folder has no text)
+        for c in cases:
+            c.text = c.meta.pop("report")
+            c.meta["text_source"] = "generated"
+        what += ", LViT-style reports generated from the lesion and lung masks"
     names = ("background", "lesion") if target == "lesion" else ("background", "lung")
     return SegDataset(name="cxr", cases=cases, class_names=names, in_channels=1, source="real", root=root,
-                      has_text=False, description=f"chest X-ray {target} masks, {what}")
+                      has_text=target == "lesion", description=f"chest X-ray {target} masks, {what}")

@@ -10,7 +10,7 @@ import importlib
 from dataclasses import asdict, replace
 from typing import Any
 
-from ..config import TRAIN_PRESETS, RunConfig, TrainConfig, check_model_options, data_config, resolve_preset
+from ..config import TARGETS, TRAIN_PRESETS, RunConfig, TrainConfig, check_model_options, data_config, resolve_preset
 from .base import MethodOption, SegMethod
 
 #: name -> "module:class" (imported on first use, so importing the registry stays cheap)
@@ -49,6 +49,8 @@ def get_config(method: str = "unet", dataset: str = "synthetic", preset: str | N
         check_model_options(type(model), model_overrides, method)
         model = replace(model, **model_overrides)
     data = replace(data_config(dataset, preset), **cls.data_overrides(preset, dataset, model))
+    if data.target is None and dataset in TARGETS:  # the run config names the target (cxr: lung unless told)
+        data = replace(data, target=TARGETS[dataset][0])
     train = replace(TrainConfig(**TRAIN_PRESETS[preset]), **cls.train_overrides(preset, dataset, model))
     return RunConfig(method=method, dataset=dataset, preset=preset, seed=seed, data=data, train=train,
                      model=asdict(model))

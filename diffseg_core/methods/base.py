@@ -34,7 +34,8 @@ class MethodOption:
 
     ``flag`` is the option as typed (``--attn-scale``); ``field`` the model-config field it sets. A switch
     (``const`` given) sets ``field`` to ``const`` when present (e.g. ``--no-latent`` sets
-    ``use_latent=False``); otherwise the option takes a value of ``type`` (restricted to ``choices``).
+    ``use_latent=False``); otherwise the option takes a value of ``type`` (restricted to ``choices``); an
+    ``int`` value below ``minimum`` is refused by the CLI.
     """
 
     flag: str
@@ -44,6 +45,7 @@ class MethodOption:
     choices: tuple[Any, ...] | None = None
     const: Any = None
     metavar: str | None = None
+    minimum: int = 1
 
     @property
     def dest(self) -> str:

@@ -85,6 +85,8 @@ class TextDiffMethod(SegMethod):
         MethodOption("--no-text", "use_text", "ablation zeta_1: no text, no cross-attention", const=False),
         MethodOption("--text-no-xattn", "use_xattn", "ablation zeta_2: pooled text concatenated per pixel", const=False),
         MethodOption("--shuffle-text", "shuffle_text", "sentences permuted across the training images", const=True),
+        MethodOption("--text-tokens", "max_length", "word pieces per sentence incl. [CLS]/[SEP] (paper: 10)", type=int,
+                     minimum=2),
     )
 
     def __init__(self, cfg: Any, info: DatasetInfo, device: torch.device) -> None:
