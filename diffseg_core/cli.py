@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .config import DATASETS, PRESETS
+    from .config import AUGMENT_POLICIES, DATASETS, PRESETS
     from .data import SPLITS
     from .methods import METHODS, get_method_class
 
@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     t.add_argument("--steps", type=int, help="override the preset's number of training steps")
     t.add_argument("--minutes", type=float, help="wall-clock training budget in minutes (overrides the preset)")
+    t.add_argument("--augment", choices=("official", *AUGMENT_POLICIES),
+                   help="training augmentation policy (default 'official': the dataset's official pipeline; "
+                        + "; ".join(f"{k}: {v}" for k, v in AUGMENT_POLICIES.items()) + ")")
     t.add_argument("--no-progress", action="store_true")
     for name in METHODS:  # each method declares its own options (diffseg_core.methods.base.MethodOption)
         options = get_method_class(name).cli_options
@@ -109,6 +112,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = override(cfg, **{"train.steps": args.steps})
     if args.minutes is not None:
         cfg = override(cfg, **{"train.max_minutes": args.minutes})
+    if args.augment is not None:
+        cfg = override(cfg, **{"data.augment": args.augment})
     dataset = _load_data(args.dataset, args.data, cfg.data, cfg.seed)
     run_training(cfg, dataset, run_dir=args.out, resume=args.resume, progress=not args.no_progress)
     print(f"run written to {args.out}")

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
+from .config import AUGMENT_POLICIES
 from .data import Case
 from .methods import SegMethod
 from .metrics import segmentation_scores
@@ -85,8 +86,11 @@ def describe_protocol(cfg, split: str, n_images: int, checkpoint: str, volumes: 
     """A one-sentence protocol label for a result row."""
     size = f"resized to {cfg.data.working_size}x{cfg.data.working_size}" if cfg.data.working_size else "native size"
     unit = "volumes" if volumes else "images"
+    augment = getattr(cfg.data, "augment", None)
+    trained = (f"trained with augmentation '{augment}' ({AUGMENT_POLICIES.get(augment, augment)}); "
+               if augment is not None else "")
     return (f"{cfg.method} on {cfg.dataset} ({size}; sliding-window tiles of {cfg.data.crop} px, overlap "
-            f"{cfg.data.overlap}); {split} split, {n_images} {unit}; checkpoint: {checkpoint}; Dice/IoU as "
+            f"{cfg.data.overlap}); {trained}{split} split, {n_images} {unit}; checkpoint: {checkpoint}; Dice/IoU as "
             f"per-{unit[:-1]} means (*_mean) and pooled over {unit} (*_global); preset {cfg.preset}, seed {cfg.seed}.")
 
 
