@@ -1,9 +1,10 @@
 """Algorithm 2 of cDAL: T-step ensemble sampling, and a many-step sampler on the same network.
 
 x_T ~ N(0, I); for code_t = T-1..0 draw a fresh z, predict x0_hat = G(x_{t+1}, t, I, z) and draw x_t from
-the posterior q(x_t | x_{t+1}, x0_hat) (cDAL Eq. 2). No noise is added at t = 0, so the output is the last
-x0 prediction. An ensemble of ``n_samples`` chains is mapped to [0, 1] by (x + 1)/2, averaged and
-thresholded at 0.5 (multiclass: argmax); the per-pixel variance over the ensemble is the uncertainty map
+the posterior q(x_t | x_{t+1}, x0_hat) (cDAL Eq. 2; a fresh z per step samples the marginal over z, cDAL
+Eq. 3). No noise is added at t = 0, so the output is the last x0 prediction. An ensemble of ``n_samples``
+chains is mapped to [0, 1] by (x + 1)/2, averaged and thresholded at 0.5 (multiclass: argmax); the
+per-pixel variance over the ensemble is the uncertainty map
 (decision D9 for the ensemble size). Images larger than the training crop are tiled by the shared
 sliding-window evaluation (:mod:`diffseg_core.evaluate`).
 """
@@ -35,7 +36,8 @@ def sample_cdal(G: ConditionalGenerator, sched: Schedule, image: torch.Tensor, n
     """Algorithm 2: ``n_samples`` T-step reverse chains per image, summarised.
 
     Args:
-        image: G's conditioning input (B, Ci, H, W), **already normalised** (:func:`normalize_image`).
+        image: G's conditioning input (B, Ci, H, W), **already normalised** (:func:`normalize_image`);
+            a 3-D generator takes volumes (B, Ci, D, H, W) and every output gains the same axis.
         n_samples: ensemble size (5 in the paper, D9); members are run as one batch of N*B.
         use_latent: draw a fresh z ~ N(0, I) at every step (False: z = 0).
         generator: optional ``torch.Generator`` on ``image``'s device for reproducible noise.
@@ -48,10 +50,10 @@ def sample_cdal(G: ConditionalGenerator, sched: Schedule, image: torch.Tensor, n
     """
     if n_samples < 1:
         raise ValueError(f"sample_cdal: n_samples must be >= 1, got {n_samples}")
-    b, _, h, w = image.shape
+    b, spatial = image.shape[0], tuple(image.shape[2:])
     n = n_samples
-    img = image.repeat(n, 1, 1, 1)                                     # (N*B, Ci, H, W), member-major
-    x = torch.randn(n * b, G.label_channels, h, w, device=image.device, dtype=image.dtype, generator=generator)
+    img = image.repeat(n, *([1] * (image.ndim - 1)))                   # (N*B, Ci, H, W), member-major
+    x = torch.randn(n * b, G.label_channels, *spatial, device=image.device, dtype=image.dtype, generator=generator)
     traj = []
     x0_hat = x
     for code_t in reversed(range(sched.T)):
@@ -83,7 +85,7 @@ def ddpm_sample_same_net(G: ConditionalGenerator, image: torch.Tensor, T: int = 
     """Many-step ancestral sampler with the **same** x0-predicting network (the speed comparison, D22).
 
     The T-step DDPM linear schedule (SegDiff: T = 100, beta 1e-3 -> 0.2) drives the chain; at each step G's
-    x0 prediction is plugged into that schedule's posterior (Eq. 3). G only knows its own code times, so step
+    x0 prediction is plugged into that schedule's posterior (DDPM Eq. 6-7). G only knows its own code times, so step
     t is given the network code time whose noise level is closest (:func:`nearest_time_map`). The point is
     the cost: T network evaluations per sample instead of cDAL's 2-4. Returns the keys of
     :func:`sample_cdal` (no trajectory).
