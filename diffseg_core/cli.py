@@ -39,7 +39,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .config import DATASETS, PRESETS, TARGETS
+    from .config import AUGMENT_POLICIES, DATASETS, PRESETS, TARGETS
     from .data import SPLITS
     from .methods import METHODS, get_method_class
 
@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     t.add_argument("--steps", type=int, help="override the preset's number of training steps")
     t.add_argument("--minutes", type=float, help="wall-clock training budget in minutes (overrides the preset)")
+    t.add_argument("--augment", choices=("official", *AUGMENT_POLICIES),
+                   help="training augmentation policy (default 'official': the dataset's official pipeline; "
+                        + "; ".join(f"{k}: {v}" for k, v in AUGMENT_POLICIES.items()) + ")")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--target", choices=tuple(dict.fromkeys(c for choices in TARGETS.values() for c in choices)),
                    help="cxr only: segment the lung fields (default) or the lesions (with generated LViT-style reports)")
@@ -200,6 +203,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = override(cfg, **{"data.target": args.target})
     if args.minutes is not None:
         cfg = override(cfg, **{"train.max_minutes": args.minutes})
+    if args.augment is not None:
+        cfg = override(cfg, **{"data.augment": args.augment})
     # the run folder first (cheap), then the data (slow), then the training loop's own checks
     out = Path(args.out)
     check_run_folder(out)

@@ -47,13 +47,15 @@ class DataConfig:
     Images are resized to ``working_size`` x ``working_size`` (``None`` keeps the native size, e.g. the
     hippocampus slices) and metrics are computed at that working resolution. Training uses random
     ``crop`` x ``crop`` patches; inference tiles images larger than ``crop`` with a sliding window
-    (``overlap`` between windows).
+    (``overlap`` between windows). ``augment`` names the training augmentation policy (see
+    :data:`AUGMENT_POLICIES`); ``"official"`` is the dataset's official pipeline, resolved per dataset by
+    :func:`resolve_augment` when a run config is built. ``True``/``False`` (old run configs) mean ``"basic"``/``"none"``.
     """
 
     working_size: int | None = 256
     crop: int = 64
     batch_size: int = 8
-    augment: bool = True
+    augment: str = "official"
     overlap: float = 0.25
     max_train_cases: int | None = None
     max_eval_cases: int | None = None
@@ -62,6 +64,39 @@ class DataConfig:
     synthetic_cases: int = 24
     synthetic_size: int = 256
     hippocampus_max_volumes: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, bool):  # run configs written before augmentation policies had names
+            self.augment = "basic" if self.augment else "none"
+        if self.augment != "official" and self.augment not in AUGMENT_POLICIES:
+            raise ValueError(f"unknown augmentation policy {self.augment!r}; choose 'official' or one of "
+                             f"{', '.join(AUGMENT_POLICIES)}")
+
+
+#: training augmentation policies (``DataConfig.augment``), built with MONAI in :mod:`diffseg_core.data.batches`
+AUGMENT_POLICIES: dict[str, str] = {
+    "none": "no augmentation",
+    "basic": "flips, 90-degree rotations, mild intensity jitter for RGB",
+    "affine": "random affine: rotation +-22 deg, zoom 0.75-1.25, no flips",
+    "flip-affine-jitter": "flips, random affine (rotation +-22 deg, zoom 0.75-1.25), colour jitter "
+                          "(brightness/contrast/saturation 0.4, hue 0.1)",
+}
+
+#: ``augment="official"`` per dataset: the official cDAL/SegDiff train pipelines (MoNuSeg: flips, affine and colour
+#: jitter; CXR: affine only, flips commented out; Hippocampus: crops only). QaTa (chest X-rays, no cDAL pipeline)
+#: follows CXR; the synthetic stand-ins keep the generic "basic" policy.
+OFFICIAL_AUGMENT: dict[str, str] = {"monuseg": "flip-affine-jitter", "cxr": "affine", "qata": "affine",
+                                    "hippocampus": "none", "synthetic": "basic"}
+
+
+def resolve_augment(policy: str | bool, dataset: str) -> str:
+    """The concrete augmentation policy: ``"official"`` becomes the dataset's (:data:`OFFICIAL_AUGMENT`).
+
+    >>> resolve_augment("official", "cxr"), resolve_augment("none", "cxr")
+    ('affine', 'none')
+    """
+    policy = DataConfig(augment=policy).augment  # validates, maps old booleans
+    return OFFICIAL_AUGMENT.get(dataset, "basic") if policy == "official" else policy
 
 
 @dataclass
@@ -89,6 +124,10 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     model: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.data.augment == "official":  # a run config always names the concrete policy it trains with
+            self.data = replace(self.data, augment=resolve_augment("official", self.dataset))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,7 +189,7 @@ DATA_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "cxr": {
         "smoke": dict(working_size=64, crop=64, batch_size=4, max_train_cases=4, max_eval_cases=2),
-        "cpu": dict(working_size=128, crop=128, batch_size=8),
+        "cpu": dict(working_size=64, crop=64, batch_size=8),  # chapter 07: lungs at 64 px, a quarter of the cost of 128
         "gpu": dict(working_size=256, crop=256, batch_size=8),
         "paper": dict(working_size=256, crop=256, batch_size=3),
     },
@@ -197,7 +236,8 @@ def data_config(dataset: str, preset: str) -> DataConfig:
     """The :class:`DataConfig` of a dataset at a (resolved) preset."""
     if dataset not in DATA_PRESETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    return DataConfig(**DATA_PRESETS[dataset][resolve_preset(preset)])
+    cfg = DataConfig(**DATA_PRESETS[dataset][resolve_preset(preset)])
+    return replace(cfg, augment=resolve_augment(cfg.augment, dataset))
 
 
 def check_model_options(model_cls: type, names: Any, method: str) -> None:
@@ -227,5 +267,7 @@ def override(cfg: RunConfig, **changes: Any) -> RunConfig:
             sub = getattr(cfg, section)
             if name not in {f.name for f in fields(sub)}:
                 raise ValueError(f"unknown setting {key!r}")
+            if key == "data.augment":
+                value = resolve_augment(value, cfg.dataset)
             setattr(cfg, section, replace(sub, **{name: value}))
     return cfg

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
+from .config import AUGMENT_POLICIES
 from .data import Case
 from .methods import SegMethod, get_method_class
 from .metrics import segmentation_scores
@@ -161,12 +162,15 @@ def describe_protocol(cfg, split: str, n_images: int, checkpoint: str, volumes: 
     size = ((f"{cfg.data.target} target, " if getattr(cfg.data, "target", None) else "")
             + (f"resized to {cfg.data.working_size}x{cfg.data.working_size}" if cfg.data.working_size else "native size"))
     unit = "volumes" if volumes else "images"
+    augment = getattr(cfg.data, "augment", None)
+    trained = (f"trained with augmentation '{augment}' ({AUGMENT_POLICIES.get(augment, augment)}); "
+               if augment is not None else "")
     scored = (f"the first {n_images} of {n_available} {unit} (--limit {n_images})"
               if n_available is not None and n_available != n_images else f"{n_images} {unit}")
     if int(dict(cfg.model).get("spatial_dims", 2)) == 3:  # a 3-D model tiles whole volumes
         c = cfg.data.crop
         return (f"{cfg.method} 3-D on {cfg.dataset} (native size; whole volumes, sliding-window {c}x{c}x{c} "
-                f"windows, overlap {cfg.data.overlap}); {split} split, {scored}; checkpoint: {checkpoint}; "
+                f"windows, overlap {cfg.data.overlap}); {trained}{split} split, {scored}; checkpoint: {checkpoint}; "
                 f"Dice/IoU as per-{unit[:-1]} means (*_mean) and pooled over {unit} (*_global); preset {cfg.preset}, "
                 f"seed {cfg.seed}." + (f" {note}" if note else ""))
     backbone = ""
@@ -179,7 +183,7 @@ def describe_protocol(cfg, split: str, n_images: int, checkpoint: str, volumes: 
         how = "whole images in one pass"
     else:
         how = f"sliding-window tiles of {window} px, overlap {cfg.data.overlap}"
-    return (f"{cfg.method} on {cfg.dataset} ({size}; {how}); {split} split, {scored}; checkpoint: {checkpoint}; Dice/IoU as "
+    return (f"{cfg.method} on {cfg.dataset} ({size}; {how}); {trained}{split} split, {scored}; checkpoint: {checkpoint}; Dice/IoU as "
             f"per-{unit[:-1]} means (*_mean) and pooled over {unit} (*_global); preset {cfg.preset}, seed {cfg.seed}"
             f"{backbone}." + (f" {note}" if note else ""))
 

@@ -6,7 +6,7 @@ are on the book's decisions page (``book/decisions.md``, "Decisions made for sma
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..config import model_config_from_dict
@@ -111,6 +111,10 @@ class CDALConfig:
           except the mandatory middle one, avg-pool re-sampling, a 3-stage D with ngf 8 (stage 3 = 1/8),
           1 image-encoder block, R1 every 10 steps, higher learning rates for a short run.
         * ``smoke``: a few seconds: nf 8, 2 levels, tiny D.
+        * CXR at ``cpu`` and ``smoke``: the same networks with T = 2 and a 4-stage D (widths 2, 4, 4, 4 x ngf), so A_D can be
+          read at 1/16 of the input, the paper's best for CXR (Table 1; D5). At ``cpu`` the chest X-rays are
+          scored at 64 px (the CXR data preset): lung fields are large and smooth, and a 64 px step costs a
+          quarter of a 128 px one (chapter 07 gives the measurements).
 
         Hippocampus keeps an EMA of G (decay 0.999) at every preset, as the official Hippocampus training
         does; the other datasets have none (``ema_decay=0``), as in their official code. ``spatial_dims=3``
@@ -125,6 +129,9 @@ class CDALConfig:
     def _for_preset(cls, preset: str, dataset: str) -> "CDALConfig":
         family = {"qata": "cxr", "synthetic": "monuseg"}.get(dataset, dataset)
         norm = "monuseg" if dataset == "monuseg" else "symmetric"
+        if family == "cxr" and preset in ("cpu", "smoke"):     # chapter 07: A_D at 1/16 needs a fourth D stage
+            base = cls._for_preset(preset, "monuseg")
+            return replace(base, timesteps=2, attn_scale=16, d_stages=(2, 4, 4, 4), image_norm=norm)
         if preset == "paper":
             if family == "cxr":
                 return cls(timesteps=2, attn_scale=16, nf=32, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=1,
