@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
+from . import distributed
 from .data import Case
 from .methods import SegMethod
 from .metrics import segmentation_scores
@@ -42,6 +43,11 @@ def predict_case(method: SegMethod, case: Case) -> np.ndarray:
     return probs[0].float().cpu().numpy()
 
 
+def _compact(pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """A class map in the smallest integer type that holds ``num_classes`` (less to send between processes)."""
+    return pred.astype(np.uint8 if num_classes <= 256 else np.int32)
+
+
 def _group_volumes(cases: Sequence[Case], preds: Sequence[np.ndarray]):
     """Stack 2-D slice predictions back into volumes when cases carry ``meta['volume']``."""
     if not cases or "volume" not in cases[0].meta:
@@ -63,16 +69,29 @@ def evaluate_cases(method: SegMethod, cases: Sequence[Case], protocol: str = "",
 
     Returns the keys of :func:`~diffseg_core.metrics.segmentation_scores` plus ``seconds_per_image``,
     ``ids`` (per scored image/volume, aligned with ``per_image_dice``) and ``protocol``.
+
+    Inside a process group (``torchrun``) the cases are split across ranks (rank r predicts cases
+    r, r + N, ...), the predictions gathered on every rank and scored there, so every rank returns the
+    same scores as one process would; ``seconds_per_image`` counts the seconds of all ranks.
     """
     if not cases:
         raise ValueError("no cases to evaluate (is the split empty? use --split all for a folder without splits)")
     from tqdm.auto import tqdm
 
-    preds = []
+    info = distributed.current()
+    mine = distributed.shard(range(len(cases)), info) if info.world_size > 1 else list(range(len(cases)))
+    local: list[tuple[int, np.ndarray]] = []
     t0 = time.perf_counter()
-    for case in tqdm(cases, desc="evaluate", disable=not progress, leave=False):
-        preds.append(predict_case(method, case).argmax(0).astype(np.int64))
+    for i in tqdm(mine, desc="evaluate", disable=not (progress and info.is_main), leave=False):
+        local.append((i, _compact(predict_case(method, cases[i]).argmax(0), method.info.num_classes)))
     seconds = time.perf_counter() - t0
+    # several processes: each predicts its share (cases r, r + N, ...), then all gather every prediction
+    preds_by_index: dict[int, np.ndarray] = {}
+    parts = distributed.all_gather_objects((local, seconds), info)
+    for part, _ in parts:
+        preds_by_index.update(part)
+    preds = [preds_by_index[i].astype(np.int64) for i in range(len(cases))]
+    seconds = sum(s for _, s in parts)  # device seconds (summed over ranks), as one process would spend them
     targets, preds, ids = _group_volumes(cases, preds)
     scores = segmentation_scores(preds, targets, method.info.num_classes, method.info.class_names)
     scores["ids"] = ids
