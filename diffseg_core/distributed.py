@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -42,7 +43,7 @@ from .device import pick_device
 
 __all__ = ["DistInfo", "SINGLE", "DistributedNet", "launched", "backend_for", "current", "session", "place",
            "wrap", "unwrap", "shard", "reduce_step", "any_rank", "all_gather_objects", "broadcast_object",
-           "on_main", "barrier", "env_rank", "TIMEOUT_VAR"]
+           "on_main", "barrier", "env_rank", "accelerator_count", "torchrun_command", "TIMEOUT_VAR"]
 
 T = TypeVar("T")
 #: environment variable: minutes a rank waits in a collective (e.g. while rank 0 pre-trains TextDiff's backbone)
@@ -92,6 +93,35 @@ def env_rank() -> int:
         return 0
 
 
+def accelerator_count() -> int:
+    """How many accelerators (GPUs) this machine has: at most one process per accelerator (0 without one)."""
+    from .device import accelerator_available
+
+    if not accelerator_available():
+        return 0
+    acc = getattr(torch, "accelerator", None)
+    if acc is not None and hasattr(acc, "device_count"):
+        return int(acc.device_count())
+    return int(torch.cuda.device_count())  # pragma: no cover - torch < 2.6
+
+
+def torchrun_command(nproc: int, args: Sequence[str], python: str | None = None) -> list[str]:
+    """The command that runs ``python -m diffseg_core ARGS`` on ``nproc`` processes of this machine.
+
+    ``torchrun --standalone --nproc_per_node N -m diffseg_core ARGS`` (spelt ``python -m torch.distributed.run``
+    so that it is this Python's torchrun; ``--standalone`` picks a free port, so two runs on one machine do
+    not collide); ``nproc == 1`` gives the plain single-process command. Several machines:
+    chapter 15 gives the ``--nnodes``/``--rdzv_endpoint`` form.
+    """
+    python = python or sys.executable
+    if nproc < 1:
+        raise ValueError(f"nproc {nproc}: at least one process")
+    if nproc == 1:
+        return [python, "-m", "diffseg_core", *args]
+    return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            "-m", "diffseg_core", *args]
+
+
 def backend_for(device: torch.device) -> str:
     """The communication backend for ``device``: ``gloo`` on the CPU, ``nccl`` on NVIDIA/AMD GPUs (PyTorch's
     own default for each device type)."""
@@ -124,7 +154,7 @@ def place(device: torch.device, info: DistInfo | None = None) -> torch.device:
     if acc is not None and hasattr(acc, "set_device_index"):
         count = acc.device_count() if hasattr(acc, "device_count") else None
         if count is not None and index >= count:
-            raise RuntimeError(f"LOCAL_RANK {index}: this machine has {count} {device.type} device(s); start at most "
+            raise ValueError(f"LOCAL_RANK {index}: this machine has {count} {device.type} device(s); start at most "
                                f"{count} processes per machine (torchrun --nproc_per_node {count})")
         acc.set_device_index(index)
     else:  # pragma: no cover - torch < 2.6
