@@ -4,8 +4,10 @@
 
     python -m diffseg_core train    --method unet --dataset monuseg|cxr|hippocampus|qata|synthetic \\
                                     --data DIR --preset smoke|cpu|gpu|paper|auto --out RUN_DIR [--seed N] [--resume]
-    python -m diffseg_core evaluate --run RUN_DIR --data DIR [--split test|val|train|all] --json OUT.json
-    python -m diffseg_core book     [--preset auto] [--data DIR] [--out _build]
+    python -m diffseg_core evaluate --run RUN_DIR --data DIR [--split test|val|train|all] --json OUT.json \\
+                                    [--export-nifti DIR]
+    python -m diffseg_core evaluate --official monuseg|cxr|hippocampus --weights FILE --data DIR --json OUT.json
+    python -m diffseg_core book     [--preset auto] [--data DIR] [--out _build] [--force]
 
 ``--data`` may also come from ``$DIFFSEG_DATA`` and ``--preset`` from ``$DIFFSEG_PRESET``.
 
@@ -72,21 +74,27 @@ def _parser() -> argparse.ArgumentParser:
             else:
                 g.add_argument(o.flag, dest=o.dest, type=o.type, choices=o.choices, metavar=o.metavar, help=o.help)
 
-    e = sub.add_parser("evaluate", help="score a trained run on a dataset folder")
-    e.add_argument("--run", required=True)
+    e = sub.add_parser("evaluate", help="score a trained run (or, with --official, the authors' cDAL weights)")
+    e.add_argument("--run", help="run folder written by train (required unless --official)")
     e.add_argument("--data", default=os.environ.get("DIFFSEG_DATA", ""))
     e.add_argument("--split", default="test", choices=(*SPLITS, "all"))
     e.add_argument("--json", required=True, help="where to write the metrics")
     e.add_argument("--checkpoint", default="best", choices=["best", "last"])
     e.add_argument("--limit", type=int, help="score only the first N images (volumes) of the split; recorded in the "
                    "JSON and the protocol (default: every image)")
+    _add_official_options(e)
+    e.add_argument("--export-nifti", metavar="DIR", default=None,
+                   help="volume datasets: write each predicted volume as DIR/<id>.nii.gz with its input's affine and header")
 
     b = sub.add_parser("book", help="the main job: run every notebook with papermill, then build the book")
     b.add_argument("--preset", default=os.environ.get("DIFFSEG_PRESET", "auto"), choices=(*PRESETS, "auto"))
     b.add_argument("--data", default=os.environ.get("DIFFSEG_DATA", ""))
     b.add_argument("--out", default="_build")
-    b.add_argument("--only", nargs="*", help="run only these notebooks (name prefixes), then build")
+    b.add_argument("--only", nargs="*", help="run only these notebooks (name prefixes); the book is not built")
     b.add_argument("--no-build", action="store_true", help="execute notebooks only")
+    b.add_argument("--force", action="store_true",
+                   help="re-execute every notebook (by default one is re-executed only when its inputs changed)")
+    b.add_argument("--seed", type=int, default=0, help="the SEED parameter of every notebook")
     b.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     return p
 
@@ -99,7 +107,7 @@ def _model_overrides(args: argparse.Namespace) -> dict:
     for name in METHODS:
         for o in get_method_class(name).cli_options:
             value = getattr(args, o.dest, None)
-            if value in (None, False):
+            if value is None or value is False:   # not given (a value of 0, e.g. --ema-decay 0, is given)
                 continue
             if name != args.method:
                 raise UsageError(f"{o.flag} is a {name} option; it does not apply to --method {args.method}: leave it "
@@ -249,6 +257,10 @@ def _version_warning(run_dir: Path, quiet: bool = False) -> tuple[dict, dict]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if getattr(args, "official", None):
+        return cmd_evaluate_official(args)
+    if not args.run:
+        raise UsageError("evaluate needs --run RUN_DIR (the --out folder of a train command), or --official NAME to score the authors' checkpoint")
     from . import distributed
     from .device import pick_device
 
@@ -290,12 +302,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     method, cfg, run_info = load_run(run_dir, dataset, device=distributed.place(pick_device()), which=args.checkpoint)
     changes, trained_env = _version_warning(run_dir, quiet=not main)
     volumes = "volume" in cases[0].meta
+    if args.export_nifti and not volumes:
+        raise SystemExit(f"error: --export-nifti needs a volume dataset (hippocampus); {cfg.dataset} has 2-D images")
     chosen = (f"{args.checkpoint}.pt (best validation Dice at step {run_info.get('best_step')})" if args.checkpoint == "best"
               else "last.pt (final weights)")
     trained_on = str(trained_env.get("device", ""))
     note = (f"Trained on {trained_on.split(':')[0]}, where some kernels are not bitwise reproducible."
             if trained_on and not trained_on.startswith("cpu") else "")
-    scores = evaluate_cases(method, cases, progress=main)
+    scores = evaluate_cases(method, cases, progress=main, keep_predictions=bool(args.export_nifti))
+    predictions = scores.pop("predictions", None)
     n_available = count_units(available)
     scores["protocol"] = describe_protocol(cfg, args.split, scores["n_images"], chosen, volumes,
                                            n_available=n_available, note=note)
@@ -313,7 +328,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     # the results-table row, as the chapters build theirs (diffseg_core.evaluate.result_row)
     result["row"] = row = result_row(cfg.method, scores, dataset.source, train_time_s=run_info.get("train_seconds"),
                                      steps=run_info.get("steps_done"))
-    distributed.on_main(write_json, result, args.json)
+
+    def write_outputs() -> None:  # rank 0 only (distributed.on_main): the NIfTI files and the JSON
+        if args.export_nifti:
+            from .data.nifti import export_predictions, volume_sources
+
+            written = export_predictions(predictions, args.export_nifti, volume_sources(cases), method.info.num_classes)
+            result["nifti"] = [str(p) for p in written]
+            print(f"{len(written)} predicted volumes written to {args.export_nifti} (NIfTI, the inputs' affine and header)")
+        write_json(result, args.json)
+
+    distributed.on_main(write_outputs)
     if not main:
         return 0
     print(f"{row['model']} on {dataset.name}/{args.split}: Dice {row['dice_mean']:.4f} (per-image mean), "
@@ -323,11 +348,50 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- evaluate --official: the authors' released cDAL generators (self-contained block) -------------------
+def _add_official_options(e: argparse.ArgumentParser) -> None:
+    """``evaluate --official NAME --weights FILE --data DIR --json OUT.json`` (see :mod:`diffseg_core.released`)."""
+    from .cdal.official import OFFICIAL_CDAL
+
+    g = e.add_argument_group("the authors' cDAL checkpoints (instead of --run)")
+    g.add_argument("--official", choices=tuple(OFFICIAL_CDAL),
+                   help="score a released cDAL generator with Algorithm 2 and the official T, ensemble and tiling")
+    g.add_argument("--weights", help="the official .pth file (default: the weights folder's copy, "
+                                     "python -m diffseg_core.weights list)")
+    g.add_argument("--ensemble", type=int, help="override the official ensemble size (MoNuSeg 5, CXR 30, Hippocampus 5)")
+    g.add_argument("--seed", type=int, default=0, help="seed of our data split and of the sampling noise")
+
+
+def cmd_evaluate_official(args: argparse.Namespace) -> int:
+    from .cdal.official import official_spec
+    from .checkpoint import write_json
+    from .released import evaluate_official, official_run_config
+    from .weights import require_weights
+
+    spec = official_spec(args.official)
+    weights = Path(args.weights) if args.weights else require_weights(spec.weights[0]) if spec.weights else None
+    if weights is None:
+        raise UsageError(f"--official {args.official}: no released file fits this configuration; pass its file with --weights FILE")
+    if not weights.is_file():
+        raise FileNotFoundError(f"--weights {weights} does not exist")
+    cfg = official_run_config(args.official, seed=args.seed)
+    dataset = _load_data(spec.dataset, args.data, cfg.data, args.seed)
+    result = evaluate_official(args.official, weights, dataset, split=args.split, seed=args.seed,
+                               ensemble=args.ensemble, progress=True)
+    write_json(result, args.json)
+    row = result["row"]
+    print(f"{row['model']} on {dataset.name}/{args.split}: Dice {row['dice_mean']:.4f} (per-image mean), "
+          f"{row['dice_global']:.4f} (global); IoU {row['iou_mean']:.4f} / {row['iou_global']:.4f}; "
+          f"{row['n_images']} {'volumes' if 'volume' in dataset.cases[0].meta else 'images'}; paper: "
+          f"{spec.paper} -> {args.json}")
+    return 0
+
+
 def cmd_book(args: argparse.Namespace) -> int:
     from .book import run_main_job
 
     return run_main_job(preset=args.preset, data_root=args.data, out=args.out, only=args.only,
-                        build=not args.no_build, timeout=args.timeout)
+                        build=not args.no_build, timeout=args.timeout, force=args.force, seed=args.seed)
 
 
 def _one_paragraph(exc: BaseException) -> str:

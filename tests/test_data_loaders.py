@@ -290,7 +290,7 @@ def test_hippocampus_msd_layout_minmax_slices_and_round_trip(tmp_path):
     (root / "dataset.json").write_text(json.dumps({"training": [
         {"image": f"./imagesTr/hippocampus_{i:03d}.nii.gz", "label": f"./labelsTr/hippocampus_{i:03d}.nii.gz"}
         for i in range(1, 5)]}))
-    ds = load_hippocampus(root, seed=0)
+    ds = load_hippocampus(root, seed=0, intensity="minmax")
     assert ds.class_names == ("background", "anterior", "posterior") and len(ds) == 4 * 5
     assert find_dataset_root("hippocampus", tmp_path) == root
     for vid, (img, lab) in vols.items():
