@@ -12,9 +12,11 @@ function is a no-op, or the identity, in a plain single process, so the loop has
 
 * :func:`session` starts the process group when the program was launched by ``torchrun`` (which sets
   ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``), with the backend chosen from
-  the device (:func:`backend_for`: ``nccl`` for GPUs, ``gloo`` for the CPU), and ends it afterwards;
+  the device (:func:`backend_for`, from the pure :func:`choose_backend`: ``nccl`` for GPUs, ``gloo`` for
+  the CPU), and ends it afterwards;
 * :func:`current` says which rank of how many this process is (:class:`DistInfo`);
-* :func:`place` puts each rank on its own accelerator (``LOCAL_RANK``), the CPU stays the CPU;
+* :func:`place` puts each rank on its own accelerator (``LOCAL_RANK``; the pure :func:`rank_device`), the
+  CPU stays the CPU;
 * :func:`wrap` / :func:`unwrap`: a network in DDP (:class:`DistributedNet`) and back;
 * :func:`shard`: a rank's share of a list (training cases, evaluation cases);
 * collectives on Python values: :func:`reduce_step` (mean losses, "any rank wants to stop"),
@@ -43,7 +45,7 @@ from .device import pick_device
 
 __all__ = ["DistInfo", "SINGLE", "DistributedNet", "launched", "backend_for", "current", "session", "place",
            "wrap", "unwrap", "shard", "reduce_step", "any_rank", "all_gather_objects", "broadcast_object",
-           "on_main", "barrier", "env_rank", "accelerator_count", "torchrun_command", "TIMEOUT_VAR"]
+           "on_main", "barrier", "env_rank", "accelerator_count", "choose_backend", "rank_device", "torchrun_command", "TIMEOUT_VAR"]
 
 T = TypeVar("T")
 #: environment variable: minutes a rank waits in a collective (e.g. while rank 0 pre-trains TextDiff's backbone)
@@ -122,17 +124,39 @@ def torchrun_command(nproc: int, args: Sequence[str], python: str | None = None)
             "-m", "diffseg_core", *args]
 
 
-def backend_for(device: torch.device) -> str:
-    """The communication backend for ``device``: ``gloo`` on the CPU, ``nccl`` on NVIDIA/AMD GPUs (PyTorch's
-    own default for each device type)."""
-    fn = getattr(dist, "get_default_backend_for_device", None)
-    if fn is not None:
-        try:
-            return str(fn(device))
-        except (RuntimeError, ValueError):
-            pass
+def choose_backend(device_type: str, nccl_available: bool = True) -> str:
+    """The communication backend for a device type (a pure function: no hardware is queried).
+
+    PyTorch's own default for the type (``torch.distributed.Backend.default_device_backend_map``): ``gloo``
+    for ``cpu``, ``nccl`` for ``cuda`` (NVIDIA, and AMD GPUs through ROCm's RCCL under the same name), ``xccl``
+    for Intel ``xpu``. A build without NCCL (``nccl_available=False``, e.g. PyTorch on Windows) falls back to
+    ``gloo``, which also all-reduces GPU tensors, more slowly.
+    """
     table = getattr(dist.Backend, "default_device_backend_map", {})
-    return table.get(device.type, "gloo" if device.type == "cpu" else "nccl")
+    backend = table.get(device_type, "gloo" if device_type == "cpu" else "nccl")
+    return "gloo" if backend == "nccl" and not nccl_available else backend
+
+
+def backend_for(device: torch.device) -> str:
+    """:func:`choose_backend` for ``device`` on this PyTorch build: ``gloo`` on the CPU, ``nccl`` on GPUs."""
+    return choose_backend(device.type, dist.is_available() and dist.is_nccl_available())
+
+
+def rank_device(device_type: str, local_rank: int, count: int | None) -> torch.device:
+    """The device of the process with ``local_rank`` on its machine (a pure function).
+
+    The CPU is shared by every process (``cpu``); on accelerators each process takes its own,
+    ``device_type:local_rank``, and a machine with ``count`` of them takes at most ``count`` processes
+    (``ValueError`` naming the launcher's option otherwise).
+    """
+    if device_type == "cpu":
+        return torch.device("cpu")
+    if local_rank < 0:
+        raise ValueError(f"LOCAL_RANK {local_rank}: must be 0 or more")
+    if count is not None and local_rank >= count:
+        raise ValueError(f"LOCAL_RANK {local_rank}: this machine has {count} {device_type} device(s); start at most "
+                         f"{count} processes per machine (torchrun --nproc_per_node {count})")
+    return torch.device(device_type, local_rank)
 
 
 def current() -> DistInfo:
@@ -152,14 +176,12 @@ def place(device: torch.device, info: DistInfo | None = None) -> torch.device:
     index = info.local_rank if info.active else int(os.environ.get("LOCAL_RANK", "0"))
     acc = getattr(torch, "accelerator", None)
     if acc is not None and hasattr(acc, "set_device_index"):
-        count = acc.device_count() if hasattr(acc, "device_count") else None
-        if count is not None and index >= count:
-            raise ValueError(f"LOCAL_RANK {index}: this machine has {count} {device.type} device(s); start at most "
-                               f"{count} processes per machine (torchrun --nproc_per_node {count})")
-        acc.set_device_index(index)
+        chosen = rank_device(device.type, index, acc.device_count() if hasattr(acc, "device_count") else None)
+        acc.set_device_index(chosen.index)
     else:  # pragma: no cover - torch < 2.6
-        torch.cuda.set_device(index)
-    return torch.device(device.type, index)
+        chosen = rank_device(device.type, index, torch.cuda.device_count())
+        torch.cuda.set_device(chosen.index)
+    return chosen
 
 
 @contextmanager

@@ -3,8 +3,14 @@
 The central test launches ``torchrun --nproc_per_node 2`` on the CPU (``gloo``) with cDAL on ``smoke`` (two
 networks, two optimisers): training runs, both ranks hold identical generator and discriminator weights
 after every step while they trained on different batches, rank 0 alone wrote the run folder, and a plain
-single process resumes the checkpoint. The others check the pieces with numbers worked out by hand, and
-that a process group of one trains bit for bit as the plain loop (one code path).
+single process resumes the checkpoint. U-Net and TextDiff are launched the same way, and rank 0 replays
+each step in one process on the global batch (both ranks' batches): the U-Net's step is the same to
+rounding (its loss is a mean over samples); TextDiff's is not, by design of its batch-pooled Dice, and the
+test checks which part agrees. cDAL is not replayed: its t, z and noise are drawn per rank from each rank's
+own stream, so two processes equal one process on the global batch in distribution only. The others check
+the pieces with numbers worked out by hand, the backend and device choice (pure functions, so the GPU
+paths are checked on the CPU), and that a process group of one trains bit for bit as the plain loop (one
+code path).
 """
 from __future__ import annotations
 
@@ -31,34 +37,60 @@ from diffseg_core.train import History, batch_seed, run_training
 STEPS = 3  # smoke: validation (and a checkpoint) every 3 steps
 TRAIN = ["train", "--method", "cdal", "--dataset", "synthetic", "--preset", "smoke", "--minutes", "30", "--no-progress"]
 
-# the real CLI, with train_step wrapped to record each rank's weights before and after every step and its batch
+# the real CLI, with the method's train_step wrapped to record each rank's weights before and after every step
+# and its batch; with REPLAY=1, rank 0 also replays the step in one process, without DDP, on the global batch
+# (every rank's batch concatenated) from the same weights, optimiser state and random state, then restores
+# its own state: what a single process with the global batch would have done
 CHILD = """
-import os, sys, torch
-from diffseg_core.cdal.method import CDALMethod
+import copy, os, sys, torch
+from diffseg_core import distributed
 from diffseg_core.cli import main
-dump = sys.argv[1]
-original = CDALMethod.train_step
+from diffseg_core.methods import get_method_class
+dump, name, replay = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+cls = get_method_class(name)
+original = cls.train_step
+
+def concat(parts):
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)
+    return [v for part in parts for v in part]
+
 def step(self, batch, k):
-    before = {n: v.detach().clone() for n, v in self.nets.state_dict().items()}
+    before = copy.deepcopy(self.state_dict())
+    rng = torch.get_rng_state()
     out = original(self, batch, k)
-    torch.save({"before": before, "after": self.nets.state_dict(), "ids": list(batch["id"]),
-                "image": batch["image"].cpu(), "threads": torch.get_num_threads()},
-               os.path.join(dump, f"rank{os.environ['RANK']}_step{k}.pt"))
+    record = {"before": before["nets"], "after": {n: v.detach().clone() for n, v in self.nets.state_dict().items()},
+              "ids": list(batch["id"]), "label": batch["label"].cpu(), "threads": torch.get_num_threads(), "out": out}
+    if replay:
+        cpu = {key: v.cpu() if isinstance(v, torch.Tensor) else v for key, v in batch.items()}
+        batches = distributed.all_gather_objects(cpu)
+        if distributed.current().is_main:
+            after, rng_after, wrapped = copy.deepcopy(self.state_dict()), torch.get_rng_state(), self._train_nets
+            self._train_nets = {}  # the plain networks: no DDP, no collective
+            self.load_state_dict(before)
+            torch.set_rng_state(rng)
+            record["global_out"] = original(self, {key: concat([b[key] for b in batches]) for key in cpu}, k)
+            record["global"] = {n: v.detach().clone() for n, v in self.nets.state_dict().items()}
+            record["global_ids"] = [i for b in batches for i in b["id"]]
+            self.load_state_dict(after)
+            torch.set_rng_state(rng_after)
+            self._train_nets = wrapped
+    torch.save(record, os.path.join(dump, f"rank{os.environ['RANK']}_step{k}.pt"))
     return out
-CDALMethod.train_step = step
-sys.exit(main(sys.argv[2:]))
+cls.train_step = step
+sys.exit(main(sys.argv[4:]))
 """
 
 
-def _torchrun(tmp_path, nproc: int, argv: list[str]) -> subprocess.CompletedProcess:
+def _torchrun(tmp_path, nproc: int, argv: list[str], method: str = "cdal", replay: bool = False) -> subprocess.CompletedProcess:
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     (tmp_path / "dump").mkdir(exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("OMP_NUM_THREADS", None)
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-                           str(script), "dump", *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=900)
+                           str(script), "dump", method, "1" if replay else "0", *argv], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
 
 
 def test_torchrun_two_cpu_processes_train_cdal_and_a_single_process_resumes(tmp_path, monkeypatch, capsys):
@@ -71,7 +103,7 @@ def test_torchrun_two_cpu_processes_train_cdal_and_a_single_process_resumes(tmp_
     for k in range(1, STEPS + 1):
         a, b = dumps[0, k], dumps[1, k]
         # the two ranks trained on different data (their shards of the cases, their own seeded streams)...
-        assert not torch.equal(a["image"], b["image"]) and not set(a["ids"]) & set(b["ids"]), (a["ids"], b["ids"])
+        assert not torch.equal(a["label"], b["label"]) and not set(a["ids"]) & set(b["ids"]), (a["ids"], b["ids"])
         # ...and still hold the same G and D after the step, because DDP averaged both networks' gradients
         assert a["after"].keys() == b["after"].keys()
         different = [n for n in a["after"] if not torch.equal(a["after"][n], b["after"][n])]
@@ -102,6 +134,72 @@ def test_torchrun_two_cpu_processes_train_cdal_and_a_single_process_resumes(tmp_
     assert history["last_step"] == STEPS + 1 and json.loads((run / "run.json").read_text())["processes"] == 1
     resumed = load_checkpoint(run / "last.pt")["method"]["nets"]
     assert any(not torch.equal(resumed[n], ckpt["method"]["nets"][n]) for n in resumed), "it trained on from there"
+
+
+def _train_args(method: str, steps: int) -> list[str]:
+    return ["train", "--method", method, "--dataset", "synthetic", "--preset", "smoke", "--minutes", "30",
+            "--no-progress", "--steps", str(steps), "--out", "RUN"]
+
+
+def _dumps(tmp_path, steps: int) -> dict[tuple[int, int], dict]:
+    return {(r, k): torch.load(tmp_path / "dump" / f"rank{r}_step{k}.pt") for r in (0, 1) for k in range(1, steps + 1)}
+
+
+def _norm(tensors: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> float:
+    return float(sum(float((tensors[n].double() - other[n].double()).norm() ** 2) for n in tensors) ** 0.5)
+
+
+def test_torchrun_unet_two_processes_step_as_one_process_on_the_global_batch(tmp_path):
+    """U-Net: every term of the loss is a mean over samples (Dice per image, CE per pixel; MONAI's DiceCELoss,
+    batch=False), so Eq. ch15-allreduce holds and two processes of batch B take the step one process takes on
+    their 2B samples. Only rounding differs: the all-reduce sums in another order than the 2B-sample mean,
+    and Adam's first steps divide by |g| (g / (|g| + eps)), which magnifies rounding in tiny gradient entries
+    (measured: about 2e-5 of the step's norm at smoke); tolerance 1e-3 of the step's norm, 1e-5 of the loss."""
+    steps = 2
+    proc = _torchrun(tmp_path, 2, _train_args("unet", steps), method="unet", replay=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "processes: 2 (gloo); per-process batch" in proc.stdout and proc.stdout.count("run written to RUN") == 1
+    dumps = _dumps(tmp_path, steps)
+    for k in range(1, steps + 1):
+        a, b = dumps[0, k], dumps[1, k]
+        assert a["global_ids"] == a["ids"] + b["ids"] and not set(a["ids"]) & set(b["ids"])
+        assert all(torch.equal(a["after"][n], b["after"][n]) for n in a["after"]), f"step {k}: the ranks differ"
+        step_size = _norm(a["after"], a["before"])
+        assert step_size > 0
+        assert _norm(a["global"], a["after"]) <= 1e-3 * step_size, (k, _norm(a["global"], a["after"]) / step_size)
+        # the loss of the global batch is the mean of the ranks' losses (what the loop logs, reduce_step)
+        assert a["global_out"]["loss"] == pytest.approx((a["out"]["loss"] + b["out"]["loss"]) / 2, rel=1e-5)
+    history = json.loads((tmp_path / "RUN" / "history.json").read_text())
+    assert [s["loss"] for s in history["steps"]] == pytest.approx(
+        [(dumps[0, k]["out"]["loss"] + dumps[1, k]["out"]["loss"]) / 2 for k in range(1, steps + 1)], rel=1e-6)
+
+
+def test_torchrun_textdiff_two_processes_average_their_batch_losses(tmp_path):
+    """TextDiff: rank 0 pre-trains the backbone, the other rank reads it from the run folder; both train the head.
+
+    Its loss is CE + 1.5 x soft Dice with the Dice **pooled over the batch** (the official code's DiceLoss,
+    ``textdiff.head.soft_dice_loss``), so the maths does not allow equality with one process on the global
+    batch: two processes minimise the mean of their per-batch pooled Dice, one process the Dice pooled over
+    all 2B samples. The test checks the part that averages (the CE of the global batch is the mean of the
+    ranks' CE), that the pooled Dice is not, and that the ranks stay identical; the weights then differ from
+    the one-process step by a fraction of a step (measured about 0.2-0.3 of the step's norm at smoke).
+    """
+    steps = 2
+    proc = _torchrun(tmp_path, 2, _train_args("textdiff", steps), method="textdiff", replay=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "processes: 2 (gloo)" in proc.stdout and proc.stdout.count("run written to RUN") == 1
+    assert (tmp_path / "RUN" / "backbone.pt").is_file(), "rank 0 wrote the pre-trained backbone into the run folder"
+    dumps = _dumps(tmp_path, steps)
+    for k in range(1, steps + 1):
+        a, b = dumps[0, k], dumps[1, k]
+        assert a["global_ids"] == a["ids"] + b["ids"] and not set(a["ids"]) & set(b["ids"])
+        assert all(torch.equal(a["after"][n], b["after"][n]) for n in a["after"]), f"step {k}: the ranks differ"
+        trained = [n for n in a["after"] if not torch.equal(a["after"][n], a["before"][n])]
+        assert trained, "the head trained"
+        assert a["global_out"]["ce"] == pytest.approx((a["out"]["ce"] + b["out"]["ce"]) / 2, rel=1e-5)
+        assert a["global_out"]["dice"] != pytest.approx((a["out"]["dice"] + b["out"]["dice"]) / 2, rel=1e-3), \
+            "a Dice pooled over the batch is not the mean of the halves' pooled Dice"
+        assert 0 < _norm(a["global"], a["after"]) < _norm(a["after"], a["before"])
 
 
 def test_torchrun_refusal_comes_from_rank_0_once_and_stops_every_rank(tmp_path):
@@ -200,6 +298,32 @@ def test_plain_process_is_a_single_rank():
     assert distributed.all_gather_objects(3) == [3] and distributed.broadcast_object(4) == 4
     assert distributed.place(torch.device("cpu")) == torch.device("cpu")
     assert distributed.backend_for(torch.device("cpu")) == "gloo"
+
+
+def test_backend_and_device_choice_is_a_pure_function_of_the_device():
+    # the GPU paths cannot run on this machine; their choice is made by pure functions, checked here on the CPU
+    assert distributed.choose_backend("cpu") == "gloo"
+    assert distributed.choose_backend("cuda") == "nccl"
+    assert distributed.choose_backend("cuda", nccl_available=False) == "gloo", "a build without NCCL falls back"
+    assert distributed.choose_backend("cpu", nccl_available=False) == "gloo"
+    assert distributed.backend_for(torch.device("cpu")) == "gloo"
+    assert distributed.rank_device("cpu", 3, None) == torch.device("cpu"), "the CPU is shared by every process"
+    assert distributed.rank_device("cuda", 0, 4) == torch.device("cuda", 0)
+    assert distributed.rank_device("cuda", 3, 4) == torch.device("cuda", 3), "one GPU per process, by LOCAL_RANK"
+    with pytest.raises(ValueError, match=r"LOCAL_RANK 4: this machine has 4 cuda device\(s\).*--nproc_per_node 4"):
+        distributed.rank_device("cuda", 4, 4)
+    with pytest.raises(ValueError, match="LOCAL_RANK -1"):
+        distributed.rank_device("cuda", -1, 4)
+
+
+def test_torchrun_command_spells_this_pythons_launcher():
+    args = ["train", "--method", "unet", "--out", "RUN"]
+    assert distributed.torchrun_command(1, args, python="py") == ["py", "-m", "diffseg_core", *args]
+    assert distributed.torchrun_command(2, args, python="py") == [
+        "py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "diffseg_core", *args]
+    with pytest.raises(ValueError, match="nproc 0"):
+        distributed.torchrun_command(0, args)
+    assert distributed.accelerator_count() >= 0
 
 
 def test_shard_gives_every_item_to_exactly_one_rank():
