@@ -75,7 +75,9 @@ def _parser() -> argparse.ArgumentParser:
                 g.add_argument(o.flag, dest=o.dest, type=o.type, choices=o.choices, metavar=o.metavar, help=o.help)
 
     e = sub.add_parser("evaluate", help="score a trained run (or, with --official, the authors' cDAL weights)")
-    e.add_argument("--run", help="run folder written by train (required unless --official)")
+    # --run-dir: the spelling for torchrun, whose own parser takes --run for an abbreviation of its --run-path
+    e.add_argument("--run", "--run-dir", dest="run",
+                   help="run folder written by train (required unless --official); under torchrun write --run-dir")
     e.add_argument("--data", default=os.environ.get("DIFFSEG_DATA", ""))
     e.add_argument("--split", default="test", choices=(*SPLITS, "all"))
     e.add_argument("--json", required=True, help="where to write the metrics")

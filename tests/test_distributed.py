@@ -149,7 +149,7 @@ def _norm(tensors: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> f
     return float(sum(float((tensors[n].double() - other[n].double()).norm() ** 2) for n in tensors) ** 0.5)
 
 
-def test_torchrun_unet_two_processes_step_as_one_process_on_the_global_batch(tmp_path):
+def test_torchrun_unet_two_processes_step_as_one_process_on_the_global_batch(tmp_path, monkeypatch):
     """U-Net: every term of the loss is a mean over samples (Dice per image, CE per pixel; MONAI's DiceCELoss,
     batch=False), so Eq. ch15-allreduce holds and two processes of batch B take the step one process takes on
     their 2B samples. Only rounding differs: the all-reduce sums in another order than the 2B-sample mean,
@@ -172,6 +172,17 @@ def test_torchrun_unet_two_processes_step_as_one_process_on_the_global_batch(tmp
     history = json.loads((tmp_path / "RUN" / "history.json").read_text())
     assert [s["loss"] for s in history["steps"]] == pytest.approx(
         [(dumps[0, k]["out"]["loss"] + dumps[1, k]["out"]["loss"]) / 2 for k in range(1, steps + 1)], rel=1e-6)
+
+    # evaluation split across two processes and gathered scores every image, as one process does
+    proc = _torchrun(tmp_path, 2, ["evaluate", "--run-dir", "RUN", "--split", "test", "--json", "two.json"], method="unet")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("-> two.json") == 1, "rank 0 alone prints and writes"
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "--run", "RUN", "--split", "test", "--json", "one.json"]) == 0
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert two["ids"] == one["ids"] and two["n_images"] == one["n_images"] > 1
+    assert two["per_image_dice"] == pytest.approx(one["per_image_dice"], abs=1e-6)
+    assert two["row"]["dice_mean"] == pytest.approx(one["row"]["dice_mean"], abs=1e-6)
 
 
 def test_torchrun_textdiff_two_processes_average_their_batch_losses(tmp_path):
@@ -324,6 +335,23 @@ def test_torchrun_command_spells_this_pythons_launcher():
     with pytest.raises(ValueError, match="nproc 0"):
         distributed.torchrun_command(0, args)
     assert distributed.accelerator_count() >= 0
+
+
+def test_no_option_of_train_or_evaluate_is_taken_by_torchruns_own_parser():
+    # torchrun's parser reads abbreviations of its options even after the program's name: an option of ours
+    # that starts one of its options (evaluate --run -> --run-path) never reaches diffseg_core under torchrun
+    import argparse
+
+    from torch.distributed import run as torchrun
+    from diffseg_core.cli import _parser
+
+    theirs = [o for a in torchrun.get_args_parser()._actions for o in a.option_strings if o.startswith("--")]
+    ours = {(name, o) for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)
+            for name, sub in a.choices.items() if name in ("train", "evaluate")
+            for b in sub._actions for o in b.option_strings if o.startswith("--") and o != "--help"}
+    taken = sorted((name, o) for name, o in ours if any(t.startswith(o) for t in theirs))
+    assert taken == [("evaluate", "--run")], taken
+    assert ("evaluate", "--run-dir") in ours, "the spelling that passes through torchrun"
 
 
 def test_shard_gives_every_item_to_exactly_one_rank():
