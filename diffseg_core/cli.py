@@ -11,6 +11,10 @@
 
 ``--data`` may also come from ``$DIFFSEG_DATA`` and ``--preset`` from ``$DIFFSEG_PRESET``.
 
+Several processes: launched by ``torchrun`` (``torchrun --nproc_per_node N -m diffseg_core train ...``), ``train``
+runs DistributedDataParallel on N processes (``nccl`` on GPUs, ``gloo`` on the CPU) and ``evaluate`` splits the
+images across them; rank 0 alone checks and writes the run folder and prints (:mod:`diffseg_core.distributed`).
+
 Errors: bad input (a data file, a folder, an option, a checkpoint) ends with one paragraph on stderr,
 ``error: <file or option>: <what is wrong>; <what to do>``, exit status 2 and no traceback; nothing partial
 is left behind (the options, the data and the run folder are checked before anything is written, and a
@@ -76,7 +80,9 @@ def _parser() -> argparse.ArgumentParser:
                 g.add_argument(o.flag, dest=o.dest, type=o.type, choices=o.choices, metavar=o.metavar, help=o.help)
 
     e = sub.add_parser("evaluate", help="score a trained run (or, with --official, the authors' cDAL weights)")
-    e.add_argument("--run", help="run folder written by train (required unless --official)")
+    # --run-dir: the spelling for torchrun, whose own parser takes --run for an abbreviation of its --run-path
+    e.add_argument("--run", "--run-dir", dest="run",
+                   help="run folder written by train (required unless --official); under torchrun write --run-dir")
     e.add_argument("--data", default=os.environ.get("DIFFSEG_DATA", ""))
     e.add_argument("--split", default="test", choices=(*SPLITS, "all"))
     e.add_argument("--json", required=True, help="where to write the metrics")
@@ -180,6 +186,18 @@ def _check_output_file(path: str, option: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from . import distributed
+    from .device import pick_device
+
+    with distributed.session(pick_device()) as info:  # a process group only when launched by torchrun
+        _train(args, info)
+        if info.is_main:
+            print(f"run written to {args.out}")
+    return 0
+
+
+def _train(args: argparse.Namespace, info) -> None:
+    from . import distributed
     from .checkpoint import RunLock
     from .config import TARGETS, override
     from .methods import get_config
@@ -207,27 +225,30 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = override(cfg, **{"data.augment": args.augment})
     # the run folder first (cheap), then the data (slow), then the training loop's own checks
     out = Path(args.out)
-    check_run_folder(out)
-    RunLock(out).check()
-    existing = [n for n in RUN_FILES if (out / n).exists()] if out.is_dir() else []
-    if args.resume and not (out / "last.pt").is_file():
-        raise UsageError(f"--resume: {out} has no checkpoint last.pt to resume from; train into it without --resume, "
-                         "or resume the folder you meant")
-    if existing and not args.resume:
-        raise UsageError(f"--out {out}: already holds a run ({', '.join(existing)}); continue it with --resume, or "
-                         "choose another --out (delete the folder to start that run again)")
+
+    def check_out() -> None:  # on rank 0 only: the other ranks would find the folder rank 0 has started to write
+        check_run_folder(out)
+        RunLock(out).check()
+        existing = [n for n in RUN_FILES if (out / n).exists()] if out.is_dir() else []
+        if args.resume and not (out / "last.pt").is_file():
+            raise UsageError(f"--resume: {out} has no checkpoint last.pt to resume from; train into it without "
+                             "--resume, or resume the folder you meant")
+        if existing and not args.resume:
+            raise UsageError(f"--out {out}: already holds a run ({', '.join(existing)}); continue it with --resume, or "
+                             "choose another --out (delete the folder to start that run again)")
+
+    distributed.on_main(check_out)
     dataset = _load_data(args.dataset, args.data, cfg.data, cfg.seed)
     wanted = overrides.get("train_images")
     available = len(dataset.split("train"))
     if wanted is not None and wanted > available:
         raise UsageError(f"--train-images {wanted}: the training split of {dataset.root or dataset.name} has only "
                          f"{available} image(s); use --train-images {available} or fewer")
-    run_training(cfg, dataset, run_dir=out, resume=args.resume, progress=not args.no_progress)
-    print(f"run written to {out}")
-    return 0
+    run_training(cfg, dataset, run_dir=out, resume=args.resume, progress=not args.no_progress,
+                 verbose=info.is_main)
 
 
-def _version_warning(run_dir: Path) -> tuple[dict, dict]:
+def _version_warning(run_dir: Path, quiet: bool = False) -> tuple[dict, dict]:
     """Warn (stderr) when the run was trained with other package versions; returns (changes, training record)."""
     from .provenance import version_changes
 
@@ -243,7 +264,7 @@ def _version_warning(run_dir: Path) -> tuple[dict, dict]:
             if rec:
                 break
     changes = version_changes(rec.get("versions", {})) if rec else {}
-    if changes:
+    if changes and not quiet:
         was = ", ".join(f"{k} {a}" for k, (a, _) in changes.items())
         now = ", ".join(f"{k} {b}" for k, (_, b) in changes.items())
         print(f"warning: {run_dir} was trained with {was}; this evaluation runs with {now}. Scores can differ slightly "
@@ -256,9 +277,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return cmd_evaluate_official(args)
     if not args.run:
         raise UsageError("evaluate needs --run RUN_DIR (the --out folder of a train command), or --official NAME to score the authors' checkpoint")
+    from . import distributed
+    from .device import pick_device
+
+    with distributed.session(pick_device()):  # under torchrun the images are split across the processes
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from . import distributed
     from .checkpoint import load_checkpoint, write_json
     from .data import uncapped
-    from .device import describe_device
+    from .device import describe_device, pick_device
     from .evaluate import count_units, describe_protocol, evaluate_cases, limit_cases, result_row
     from .provenance import environment
     from .train import _checkpoint_config, load_run, load_run_config
@@ -284,8 +314,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UsageError(f"--split {args.split}: the split is empty in {dataset.root}; use --split all for a folder "
                          "without a split column")
     cases = limit_cases(available, args.limit)
-    method, cfg, run_info = load_run(run_dir, dataset, which=args.checkpoint)
-    changes, trained_env = _version_warning(run_dir)
+    main = distributed.current().is_main
+    method, cfg, run_info = load_run(run_dir, dataset, device=distributed.place(pick_device()), which=args.checkpoint)
+    changes, trained_env = _version_warning(run_dir, quiet=not main)
     volumes = "volume" in cases[0].meta
     if args.export_nifti and not volumes:
         raise SystemExit(f"error: --export-nifti needs a volume dataset (hippocampus); {cfg.dataset} has 2-D images")
@@ -294,13 +325,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     trained_on = str(trained_env.get("device", ""))
     note = (f"Trained on {trained_on.split(':')[0]}, where some kernels are not bitwise reproducible."
             if trained_on and not trained_on.startswith("cpu") else "")
-    scores = evaluate_cases(method, cases, progress=True, keep_predictions=bool(args.export_nifti))
+    scores = evaluate_cases(method, cases, progress=main, keep_predictions=bool(args.export_nifti))
     predictions = scores.pop("predictions", None)
     n_available = count_units(available)
     scores["protocol"] = describe_protocol(cfg, args.split, scores["n_images"], chosen, volumes,
                                            n_available=n_available, note=note)
     overlap = sorted(set(run_info.get("train_ids", [])) & {c.id for c in cases})
-    if overlap and args.split not in ("train", "all"):
+    if overlap and args.split not in ("train", "all") and main:
         print(f"warning: {len(overlap)} of the scored {args.split} cases were used for training ({overlap[0]}, ...); "
               "this score is not a held-out one", file=sys.stderr)
     result = {"method": cfg.method, "dataset": cfg.dataset, "preset": cfg.preset, "split": args.split,
@@ -313,13 +344,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # the results-table row, as the chapters build theirs (diffseg_core.evaluate.result_row)
     result["row"] = row = result_row(cfg.method, scores, dataset.source, train_time_s=run_info.get("train_seconds"),
                                      steps=run_info.get("steps_done"))
-    if args.export_nifti:
-        from .data.nifti import export_predictions, volume_sources
 
-        written = export_predictions(predictions, args.export_nifti, volume_sources(cases), method.info.num_classes)
-        result["nifti"] = [str(p) for p in written]
-        print(f"{len(written)} predicted volumes written to {args.export_nifti} (NIfTI, the inputs' affine and header)")
-    write_json(result, args.json)
+    def write_outputs() -> None:  # rank 0 only (distributed.on_main): the NIfTI files and the JSON
+        if args.export_nifti:
+            from .data.nifti import export_predictions, volume_sources
+
+            written = export_predictions(predictions, args.export_nifti, volume_sources(cases), method.info.num_classes)
+            result["nifti"] = [str(p) for p in written]
+            print(f"{len(written)} predicted volumes written to {args.export_nifti} (NIfTI, the inputs' affine and header)")
+        write_json(result, args.json)
+
+    distributed.on_main(write_outputs)
+    if not main:
+        return 0
     print(f"{row['model']} on {dataset.name}/{args.split}: Dice {row['dice_mean']:.4f} (per-image mean), "
           f"{row['dice_global']:.4f} (global); IoU {row['iou_mean']:.4f} / {row['iou_global']:.4f}; "
           f"{row['n_images']} {'volumes' if volumes else 'images'}"
@@ -394,15 +431,19 @@ def _exit_status(exc: BaseException) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (0 ok, 2 bad input, 1 failure while running, 130 interrupted)."""
+    from .distributed import env_rank
+
     try:
         args = _parser().parse_args(argv)
         return {"train": cmd_train, "evaluate": cmd_evaluate, "book": cmd_book}[args.command](args)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if env_rank() == 0:
+            print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
         status = _exit_status(exc)
         if status is None:
             raise
-        print(f"error: {_one_paragraph(exc)}", file=sys.stderr)
+        if env_rank() == 0:  # under torchrun every rank has the same error: rank 0 says it
+            print(f"error: {_one_paragraph(exc)}", file=sys.stderr)
         return status

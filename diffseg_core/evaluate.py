@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
+from . import distributed
 from .config import AUGMENT_POLICIES
 from .data import Case
 from .methods import SegMethod, get_method_class
@@ -46,6 +47,11 @@ def predict_case(method: SegMethod, case: Case) -> np.ndarray:
     return probs[0].float().cpu().numpy()
 
 
+def _compact(pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """A class map in the smallest integer type that holds ``num_classes`` (less to send between processes)."""
+    return pred.astype(np.uint8 if num_classes <= 256 else np.int32)
+
+
 @torch.no_grad()
 def predict_volume(method: SegMethod, image: np.ndarray) -> np.ndarray:
     """Class probabilities ``(K, X, Y, Z)`` of a 3-D method for one volume ``image`` ``(C, X, Y, Z)`` in [0, 1].
@@ -64,15 +70,24 @@ def predict_volume(method: SegMethod, image: np.ndarray) -> np.ndarray:
     return probs[0].float().cpu().numpy()
 
 
-def _predict_volumes(method: SegMethod, cases: Sequence[Case], progress: bool = False):
-    """A 3-D method's argmax predictions, targets and ids, one per volume the slice cases belong to."""
+def _predict_volumes(method: SegMethod, cases: Sequence[Case], progress: bool = False,
+                     info: distributed.DistInfo = distributed.SINGLE):
+    """A 3-D method's argmax predictions, targets and ids, one per volume the slice cases belong to.
+
+    In a process group rank r predicts volumes r, r + N, ... and every rank gathers all predictions.
+    """
     from tqdm.auto import tqdm
 
     from .data.volumes import cases_to_volumes
 
     vols = cases_to_volumes(cases)
-    preds = [predict_volume(method, v.image).argmax(0).astype(np.int64)
-             for v in tqdm(vols, desc="evaluate", disable=not progress, leave=False)]
+    mine = distributed.shard(range(len(vols)), info) if info.world_size > 1 else list(range(len(vols)))
+    local = [(i, _compact(predict_volume(method, vols[i].image).argmax(0), method.info.num_classes))
+             for i in tqdm(mine, desc="evaluate", disable=not (progress and info.is_main), leave=False)]
+    by_index: dict[int, np.ndarray] = {}
+    for part in distributed.all_gather_objects(local, info):
+        by_index.update(part)
+    preds = [by_index[i].astype(np.int64) for i in range(len(vols))]
     return [v.label for v in vols], preds, [v.id for v in vols]
 
 
@@ -100,20 +115,33 @@ def evaluate_cases(method: SegMethod, cases: Sequence[Case], protocol: str = "",
     case, i.e. per slice for volume datasets, also for 3-D methods), ``ids`` (per scored image/volume,
     aligned with ``per_image_dice``) and ``protocol``; with ``keep_predictions`` also ``predictions``
     (id -> predicted label map, ``(X, Y, Z)`` for volumes; not JSON-serialisable).
+
+    Inside a process group (``torchrun``) the cases (volumes for a 3-D method) are split across ranks (rank r
+    predicts cases r, r + N, ...), the predictions gathered on every rank and scored there, so every rank
+    returns the same scores as one process would; ``seconds_per_image`` counts the seconds of all ranks.
     """
     if not cases:
         raise ValueError("no cases to evaluate (is the split empty? use --split all for a folder without splits)")
     from tqdm.auto import tqdm
 
+    info = distributed.current()
     t0 = time.perf_counter()
     if getattr(method, "spatial_dims", 2) == 3:
-        targets, preds, ids = _predict_volumes(method, cases, progress)
-        seconds = time.perf_counter() - t0
+        targets, preds, ids = _predict_volumes(method, cases, progress, info)
+        seconds = sum(distributed.all_gather_objects(time.perf_counter() - t0, info))
     else:
-        preds = []
-        for case in tqdm(cases, desc="evaluate", disable=not progress, leave=False):
-            preds.append(predict_case(method, case).argmax(0).astype(np.int64))
+        mine = distributed.shard(range(len(cases)), info) if info.world_size > 1 else list(range(len(cases)))
+        local: list[tuple[int, np.ndarray]] = []
+        for i in tqdm(mine, desc="evaluate", disable=not (progress and info.is_main), leave=False):
+            local.append((i, _compact(predict_case(method, cases[i]).argmax(0), method.info.num_classes)))
         seconds = time.perf_counter() - t0
+        # several processes: each predicts its share (cases r, r + N, ...), then all gather every prediction
+        preds_by_index: dict[int, np.ndarray] = {}
+        parts = distributed.all_gather_objects((local, seconds), info)
+        for part, _ in parts:
+            preds_by_index.update(part)
+        preds = [preds_by_index[i].astype(np.int64) for i in range(len(cases))]
+        seconds = sum(s for _, s in parts)  # device seconds (summed over ranks), as one process would spend them
         targets, preds, ids = _group_volumes(cases, preds)
     scores = segmentation_scores(preds, targets, method.info.num_classes, method.info.class_names)
     scores["ids"] = ids

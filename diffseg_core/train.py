@@ -19,7 +19,13 @@ What the loop guarantees, whatever the method:
   before its first checkpoint removes what it created; a lock file keeps a second run out of the folder;
 * a NaN/inf guard that stops with a message naming the step, the loss and the last good checkpoint;
 * an optional wall-clock budget (``cfg.train.max_minutes``), so methods can be compared at equal time;
-* a record of the software and machine (``environment.json``: versions, git commit, device, seed).
+* a record of the software and machine (``environment.json``: versions, git commit, device, seed);
+* **several processes** with the same code path: launched by ``torchrun``, every process (rank) trains a
+  DDP copy of the networks (:mod:`diffseg_core.distributed`; gradients averaged across ranks before each
+  optimiser step, for every optimiser of a method) on its own shard of the training cases with its own
+  seeded stream of batches (seed, segment, rank); logged losses are means over ranks, validation is split
+  across ranks and gathered; only rank 0 prints, holds the lock and writes the run folder, and a checkpoint
+  written by N processes resumes with any number of processes (one included).
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ from typing import Any, Iterable, Iterator, Protocol, Sequence
 import numpy as np
 import torch
 
+from . import distributed
 from .checkpoint import CheckpointError, RunLock, load_checkpoint, save_checkpoint, write_json
 from .config import ConfigError, RunConfig
 from .data import Case, DataError, DatasetInfo, SegDataset
@@ -74,9 +81,24 @@ class History:
     last_step: int = 0
     stopped: str = ""
     resumed_at: list[int] = field(default_factory=list)
+    #: ``[[first step, number of processes], ...]``: one entry per start (fresh or resumed) of :func:`fit`
+    processes: list[list[int]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def step_seconds(self) -> list[float]:
+        """Seconds per training step between consecutive logged steps, leaving out intervals that hold a
+        validation (or a restart): the pure cost of a step, for timing comparisons at a fixed number of steps."""
+        val_steps = {int(v["step"]) for v in self.val}
+        starts = {int(s) for s in self.resumed_at}
+        out = []
+        for a, b in zip(self.steps, self.steps[1:]):
+            first, last = int(a["step"]), int(b["step"])
+            if last <= first or any(first <= k < last for k in val_steps | starts):
+                continue
+            out.append((float(b["seconds"]) - float(a["seconds"])) / (last - first))
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "History":
@@ -117,9 +139,16 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def batch_seed(seed: int, segment: int) -> int:
-    """The seed of the training batches of segment ``segment`` (steps ``segment * val_every + 1 ...``)."""
-    return int(np.random.SeedSequence([int(seed) % 2**32, int(segment)]).generate_state(1)[0])
+def batch_seed(seed: int, segment: int, rank: int = 0) -> int:
+    """The seed of the training batches of segment ``segment`` (steps ``segment * val_every + 1 ...``) on
+    process ``rank`` (rank 0, and a single process, use ``(seed, segment)``; rank r > 0 ``(seed, segment, r)``)."""
+    entropy = [int(seed) % 2**32, int(segment)] + ([int(rank)] if rank else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def _rank_rng_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of rank ``rank``'s torch/NumPy/Python generators when it starts (or resumes) at ``step``."""
+    return int(np.random.SeedSequence([int(seed) % 2**32, int(step), int(rank), 1]).generate_state(1)[0])
 
 
 def data_fingerprint(cases: Sequence[Case]) -> str:
@@ -194,6 +223,10 @@ def fit(method: SegMethod, train_cases: Sequence[Case], val_cases: Sequence[Case
     Returns the :class:`History`; the method is left holding the **best-on-validation** weights.
     ``data_record`` (saved in every checkpoint, checked by :func:`check_resume`) describes the training
     data; by default the ids and :func:`data_fingerprint` of ``train_cases``.
+
+    Inside a process group (``torchrun``; :func:`diffseg_core.distributed.current`) every rank calls this
+    with the same arguments: each trains on its shard of ``train_cases`` through DDP wrappers
+    (:meth:`~diffseg_core.methods.base.SegMethod.distribute`), and rank 0 alone writes ``run_dir``.
     """
     from tqdm.auto import tqdm
 
@@ -206,36 +239,59 @@ def fit(method: SegMethod, train_cases: Sequence[Case], val_cases: Sequence[Case
     best_path = run_dir / "best.pt" if run_dir else None
     history = History()
     best_state: dict[str, Any] | None = None
+    info = distributed.current()  # SINGLE in a plain process: then every distributed call below is the identity
+    main = info.is_main
 
+    restored_rng = False
     if resume:
-        if last_path is None or not last_path.is_file():
-            raise RunFolderError(f"{run_dir}: no checkpoint last.pt to resume from (--resume); train into it without "
-                                 "--resume, or resume the folder you meant")
-        ckpt = load_checkpoint(last_path, map_location=method.device)
+        def read_last() -> dict[str, Any]:
+            if last_path is None or not last_path.is_file():
+                raise RunFolderError(f"{run_dir}: no checkpoint last.pt to resume from (--resume); train into it "
+                                     "without --resume, or resume the folder you meant")
+            return load_checkpoint(last_path, map_location="cpu" if info.active else method.device)
+
+        ckpt = distributed.on_main(read_last)  # rank 0 reads it, every rank gets it (no shared disk needed)
         method.load_state_dict(ckpt["method"])
         history = History.from_dict(ckpt["history"])
-        _set_rng_state(ckpt["rng"])
+        _set_rng_state(ckpt["rng"])  # rank 0's random state (a single process's)
+        if info.rank > 0 and len(ckpt.get("rng_ranks") or []) == info.world_size:
+            _set_rng_state(ckpt["rng_ranks"][info.rank])  # same number of processes: each rank continues its own
+            restored_rng = True
         history.resumed_at.append(history.last_step)
         history.stopped = ""
-        print(f"resumed from {last_path} at step {history.last_step} ({history.seconds:.0f} s already trained)")
+        if main:
+            print(f"resumed from {last_path} at step {history.last_step} ({history.seconds:.0f} s already trained)")
+    if info.rank > 0 and not restored_rng:  # ranks > 0 draw their own noise (cDAL's t and z), seeded by rank
+        seed_everything(_rank_rng_seed(cfg.seed, info.rank, history.last_step))
+    history.processes.append([history.last_step, info.world_size])
     data_record = data_record or training_data_record(train_cases, train_cases)
 
     def checkpoint_payload() -> dict[str, Any]:
-        return {"format": "diffseg-run/2", "config": cfg.to_dict(), "dataset_info": asdict(method.info),
-                "method": method.state_dict(), "history": history.to_dict(), "data": data_record,
-                "rng": _rng_state(), "step": history.last_step}
+        rng = _rng_state()
+        payload = {"format": "diffseg-run/2", "config": cfg.to_dict(), "dataset_info": asdict(method.info),
+                   "method": method.state_dict(), "history": history.to_dict(), "data": data_record,
+                   "rng": rng, "step": history.last_step}
+        if info.active:  # every rank's random state, for a resume with as many processes
+            payload["rng_ranks"] = distributed.all_gather_objects(rng, info)
+        return payload
+
+    def save(payload: dict[str, Any], path: Path) -> None:
+        distributed.on_main(save_checkpoint, payload, path)  # rank 0 writes; a failure stops every rank
 
     def save_last() -> None:
         if last_path is not None:
-            save_checkpoint(checkpoint_payload(), last_path)
+            save(checkpoint_payload(), last_path)
 
     # batches come in segments of val_every steps, each seeded by (seed, segment): a run resumed at any step
     # rebuilds its segment's stream and skips the batches already used, so it sees the batches it would have seen
     segment_len = max(1, int(tc.val_every))
 
+    # with several processes, rank r draws from its shard of the cases, seeded by (seed, segment, r)
+    shard = distributed.shard(train_cases, info)
+
     def batches_from(done: int) -> Iterator[dict[str, Any]]:
         segment, skip = divmod(done, segment_len)
-        it = method.train_batches(train_cases, seed=batch_seed(cfg.seed, segment))
+        it = method.train_batches(shard, seed=batch_seed(cfg.seed, segment, info.rank))
         for _ in range(skip):
             next(it)
         return it
@@ -244,7 +300,8 @@ def fit(method: SegMethod, train_cases: Sequence[Case], val_cases: Sequence[Case
     batches = batches_from(start_step)
     clock0 = time.perf_counter() - history.seconds
     budget = tc.max_minutes * 60 if tc.max_minutes else None
-    bar = tqdm(total=tc.steps, initial=start_step, desc=f"train {cfg.method}", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=tc.steps, initial=start_step, desc=f"train {cfg.method}", disable=not (progress and main),
+               dynamic_ncols=True)
     step = start_step
 
     def validate() -> None:
@@ -260,8 +317,8 @@ def fit(method: SegMethod, train_cases: Sequence[Case], val_cases: Sequence[Case
         if score > history.best_score:
             history.best_score, history.best_step = score, step
             if best_path is not None:
-                save_checkpoint(checkpoint_payload() | {"val": entry}, best_path)
-            else:
+                save(checkpoint_payload() | {"val": entry}, best_path)
+            if best_path is None or not main:  # ranks > 0 keep it in memory (rank 0's best.pt may be on another machine)
                 best_state = copy.deepcopy(method.state_dict())
         _call_hooks(hooks, "on_validate", step, entry, method)
         bar.set_postfix_str(f"val dice {entry.get('dice', float('nan')):.3f} (best {history.best_score:.3f} @ {history.best_step})")
@@ -271,14 +328,17 @@ def fit(method: SegMethod, train_cases: Sequence[Case], val_cases: Sequence[Case
     interrupt = {"asked": False, "at_boundary": True}
 
     def on_sigint(signum: int, frame: Any) -> None:
-        if interrupt["asked"] or interrupt["at_boundary"]:
+        # several processes always finish the step, so that they all stop at the same one
+        if interrupt["asked"] or (interrupt["at_boundary"] and not info.active):
             raise KeyboardInterrupt
         interrupt["asked"] = True
-        print("\ninterrupt: finishing this step, then saving last.pt (Ctrl-C again to stop at once)", flush=True)
+        if main:
+            print("\ninterrupt: finishing this step, then saving last.pt (Ctrl-C again to stop at once)", flush=True)
 
     previous_handler = None
     if threading.current_thread() is threading.main_thread():
         previous_handler = signal.signal(signal.SIGINT, on_sigint)
+    method.distribute(info)  # DDP wrappers for train_step (nothing in a single process)
     try:
         while step < tc.steps:
             if step > start_step and step % segment_len == 0:
@@ -287,6 +347,10 @@ def fit(method: SegMethod, train_cases: Sequence[Case], val_cases: Sequence[Case
             step += 1
             method.train()
             logs = method.train_step(_to_device(next(batches), method.device), step)
+            seconds = time.perf_counter() - clock0
+            out_of_time = budget is not None and seconds >= budget
+            if info.active:  # every rank logs the mean over ranks, sees the same NaN and stops on the same step
+                logs, out_of_time = distributed.reduce_step(logs, out_of_time, info)
             for name, value in logs.items():
                 if not math.isfinite(float(value)):
                     where = f"{last_path} (step {history.last_step})" if last_path and last_path.is_file() else "none written yet"
@@ -294,17 +358,16 @@ def fit(method: SegMethod, train_cases: Sequence[Case], val_cases: Sequence[Case
                         f"{cfg.method} step {step}: loss '{name}' = {value} is not finite. Last good checkpoint: {where}. "
                         f"Lower the method's learning rate(s) (see the model config) or check the data; resume with --resume.")
             history.last_step = step
-            history.seconds = time.perf_counter() - clock0
+            history.seconds = seconds
             if step % tc.log_every == 0 or step == 1:
                 history.steps.append({"step": step, "seconds": round(history.seconds, 3), **{k: float(v) for k, v in logs.items()}})
                 _call_hooks(hooks, "on_step", step, logs, method)
             bar.update(1)
             bar.set_description_str(f"train {cfg.method} " + " ".join(f"{k}={float(v):.3g}" for k, v in list(logs.items())[:3]))
-            out_of_time = budget is not None and history.seconds >= budget
             if step % tc.val_every == 0 or step == tc.steps or out_of_time:
                 validate()
             interrupt["at_boundary"] = True
-            if interrupt["asked"]:
+            if distributed.any_rank(interrupt["asked"], info):
                 raise KeyboardInterrupt
             if out_of_time:
                 history.stopped = f"time budget of {tc.max_minutes} min reached at step {step}"
@@ -317,8 +380,10 @@ def fit(method: SegMethod, train_cases: Sequence[Case], val_cases: Sequence[Case
         if interrupt["at_boundary"]:  # a consistent state: save it
             history.stopped = f"interrupted at step {history.last_step}"
             save_last()
-            print(f"\ninterrupted: state saved to {last_path}; continue with --resume" if last_path else "\ninterrupted")
-        else:  # stopped inside a step: the previous last.pt is the last consistent state
+            if main:
+                print(f"\ninterrupted: state saved to {last_path}; continue with --resume" if last_path
+                      else "\ninterrupted")
+        elif main:  # stopped inside a step: the previous last.pt is the last consistent state
             print(f"\ninterrupted inside step {step}: {last_path} (step {history.last_step}) is kept; continue with "
                   "--resume" if last_path and last_path.is_file() else "\ninterrupted")
         raise
@@ -326,16 +391,17 @@ def fit(method: SegMethod, train_cases: Sequence[Case], val_cases: Sequence[Case
         if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)
         bar.close()
+        method.distribute(None)
 
     history.seconds = time.perf_counter() - clock0
     # leave the method holding the best-on-validation weights
-    if best_path is not None and best_path.is_file():
+    if best_path is not None and main and best_path.is_file():
         method.load_state_dict(load_checkpoint(best_path, map_location=method.device)["method"])
     elif best_state is not None:
         method.load_state_dict(best_state)
     _call_hooks(hooks, "on_end", history, method)
     if run_dir is not None:
-        write_json(history.to_dict(), run_dir / "history.json")
+        distributed.on_main(write_json, history.to_dict(), run_dir / "history.json")
     return history
 
 
@@ -423,12 +489,37 @@ def run_training(cfg: RunConfig, dataset: SegDataset, run_dir: str | Path | None
     checkpoint (:func:`check_resume`) are checked. While training, ``run_dir/.lock`` keeps other runs
     out (:class:`~diffseg_core.checkpoint.RunLock`); a run that fails before its first checkpoint removes
     what it created.
+
+    Launched by ``torchrun`` (``torchrun --nproc_per_node N -m diffseg_core train ...``), every process runs
+    this same function: the process group is started here if the caller has not
+    (:func:`diffseg_core.distributed.session`), each rank computes on its own device, rank 0 alone checks,
+    locks and writes the run folder (the others get its result or its error) and prepares the method first
+    (e.g. TextDiff's backbone; the other ranks then prepare, reading what rank 0 cached in the folder).
     """
     seed_everything(cfg.seed)
-    device = device or pick_device()
+    with distributed.session(device or pick_device()) as info:
+        return _run_training(cfg, dataset, run_dir, resume, hooks, progress, device, verbose, info)
+
+
+def _prepare(method: SegMethod, train_cases: Sequence[Case], run_dir: Path | None, info: distributed.DistInfo) -> None:
+    """``method.prepare`` on rank 0 first (it may write caches into ``run_dir``), then on the other ranks."""
+    distributed.on_main(method.prepare, train_cases, run_dir)
+    if not info.is_main:
+        method.prepare(train_cases, run_dir if run_dir is not None and run_dir.is_dir() else None)
+
+
+def _run_training(cfg: RunConfig, dataset: SegDataset, run_dir: str | Path | None, resume: bool,
+                  hooks: Sequence[LoopHooks], progress: bool, device: torch.device | None, verbose: bool,
+                  info: distributed.DistInfo) -> tuple[SegMethod, History]:
+    device = distributed.place(device or pick_device(), info)  # under torchrun: this rank's accelerator
+    main = info.is_main
+    verbose = verbose and main
     if verbose:
         print(cfg.summary())
         print(f"device: {describe_device(device)} | data: {dataset.description or dataset.name} ({dataset.source})")
+        if info.active:
+            print(f"processes: {info.world_size} ({info.backend}); per-process batch {cfg.data.batch_size}, global "
+                  f"batch {cfg.data.batch_size * info.world_size}")
     split = dataset.split("train")
     check_training_cases(dataset, split)
     val_cases = dataset.split("val")
@@ -437,30 +528,38 @@ def run_training(cfg: RunConfig, dataset: SegDataset, run_dir: str | Path | None
     data_record = training_data_record(train_cases, split)
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is None:
-        method.prepare(train_cases, None)
+        _prepare(method, train_cases, None, info)
         history = fit(method, train_cases, val_cases, run_dir=None, hooks=hooks, progress=progress,
                       data_record=data_record)
     else:
-        check_run_folder(run_dir)
-        RunLock(run_dir).check()
-        if resume:
-            check_resume(run_dir, cfg, data_record)
-        created = not run_dir.exists()
-        before = set(os.listdir(run_dir)) if not created else set()
+        env = environment(device, cfg.seed) | {"processes": info.world_size}
         lock = RunLock(run_dir)
-        lock.acquire()
-        if lock.stale_notice:
-            print(lock.stale_notice)
-        try:
+
+        def open_run_folder() -> tuple[bool, set[str]]:  # rank 0 only: check, then lock
+            check_run_folder(run_dir)
+            lock.check()
+            if resume:
+                check_resume(run_dir, cfg, data_record)
+            created = not run_dir.exists()
+            before = set(os.listdir(run_dir)) if not created else set()
+            lock.acquire()
+            if lock.stale_notice:
+                print(lock.stale_notice)
+            return created, before
+
+        def write_header() -> None:
             write_json(cfg.to_dict(), run_dir / "config.json")
-            env = environment(device, cfg.seed)
             if not (resume and (run_dir / "environment.json").is_file()):
                 write_json(env, run_dir / "environment.json")
-            method.prepare(train_cases, run_dir)
+
+        created, before = distributed.on_main(open_run_folder)
+        try:
+            distributed.on_main(write_header)
+            _prepare(method, train_cases, run_dir, info)
             history = fit(method, train_cases, val_cases, run_dir=run_dir, resume=resume, hooks=hooks,
                           progress=progress, data_record=data_record)
         except BaseException:
-            if not (run_dir / "last.pt").is_file():  # nothing to resume: remove what this call created
+            if main and not (run_dir / "last.pt").is_file():  # nothing to resume: remove what this call created
                 lock.release()
                 if created:
                     shutil.rmtree(run_dir, ignore_errors=True)
@@ -470,19 +569,21 @@ def run_training(cfg: RunConfig, dataset: SegDataset, run_dir: str | Path | None
                         shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
             raise
         finally:
-            lock.release()
-    info = {
+            if main:
+                lock.release()
+    facts = {
         "method": cfg.method, "dataset": cfg.dataset, "preset": cfg.preset, "seed": cfg.seed,
         "data_source": dataset.source, "data_root": str(dataset.root) if dataset.root else None,
         "device": describe_device(device), "train_ids": [c.id for c in train_cases], "val_ids": [c.id for c in val_cases],
         "best_step": history.best_step, "best_val_dice": history.best_score, "steps_done": history.last_step,
         "train_seconds": round(history.seconds, 1), "stopped": history.stopped, "resumed_at": history.resumed_at,
         "parameters": method.num_parameters(), "trainable_parameters": method.num_parameters(trainable_only=True),
-        "method_info": method.run_info(),
+        "method_info": method.run_info(), "processes": info.world_size, "backend": info.backend,
+        "global_batch": cfg.data.batch_size * info.world_size,
     }
-    method.last_run_info = info
+    method.last_run_info = facts
     if run_dir is not None:
-        write_json({**info, "environment": env}, run_dir / "run.json")
+        distributed.on_main(write_json, {**facts, "environment": env}, run_dir / "run.json")
     if verbose:
         print(f"done: {history.stopped}; best val Dice {history.best_score:.4f} at step {history.best_step}; "
               f"{history.seconds:.0f} s")

@@ -2,8 +2,8 @@
 
 Layers, from the bottom (a module may import its own layer and the layers below it):
 
-0. ``device``, ``checkpoint``, ``metrics``, ``schedule``, ``provenance``, ``troubleshooting`` — leaves, pure math
-   and tables;
+0. ``device``, ``distributed``, ``checkpoint``, ``metrics``, ``schedule``, ``provenance``, ``troubleshooting`` —
+   leaves, pure math and tables (``distributed`` may use ``device``);
 1. ``config`` — dataclasses and preset tables (imports nothing from methods, data or the papers);
 2. ``data``, ``weights`` — loaders, synthetic data, batches; where the authors' weight files come from;
 3. ``plots`` — figures;
@@ -28,8 +28,8 @@ from conftest import REPO
 
 PKG = REPO / "diffseg_core"
 LAYERS: list[tuple[str, ...]] = [
-    ("diffseg_core.device", "diffseg_core.checkpoint", "diffseg_core.metrics", "diffseg_core.schedule",
-     "diffseg_core.provenance", "diffseg_core.troubleshooting"),
+    ("diffseg_core.device", "diffseg_core.distributed", "diffseg_core.checkpoint", "diffseg_core.metrics",
+     "diffseg_core.schedule", "diffseg_core.provenance", "diffseg_core.troubleshooting"),
     ("diffseg_core.config",),
     ("diffseg_core.data", "diffseg_core.weights"),
     ("diffseg_core.plots",),

@@ -150,10 +150,11 @@ class CDALMethod(SegMethod):
         self.n_ensemble = mc.val_ensemble               # validation inside the loop stays cheap
         x0, image = self._inputs(batch)
         logs: dict[str, float] = {}
+        # each step updates one network through train_net (DDP-wrapped under torchrun) and reads the other plain
         if mc.use_attention or mc.adv_weight > 0:
-            logs.update(d_step(G, D, self.sched, x0, image, mc, step, self.optimizers["d"]))
-        out = g_step(G, D if mc.use_attention or mc.adv_weight > 0 else None, self.sched, x0, image, mc,
-                     self.optimizers["g"])
+            logs.update(d_step(G, self.train_net("D"), self.sched, x0, image, mc, step, self.optimizers["d"]))
+        out = g_step(self.train_net("G"), D if mc.use_attention or mc.adv_weight > 0 else None, self.sched, x0, image,
+                     mc, self.optimizers["g"])
         logs.update({k: v for k, v in out.items() if isinstance(v, float)})
         if "G_ema" in self.nets:
             update_ema(self.nets["G_ema"], G, ema_decay_at(mc.ema_decay, self.ema_updates))

@@ -10,6 +10,10 @@ Conventions (all methods):
   e.g. cDAL's generator and discriminator, each with its own learning rate from the method's model
   config); the loop only calls it, logs the returned floats, guards against NaN/inf and checkpoints
   :meth:`state_dict`;
+* a training step calls a network whose weights it updates as ``self.train_net(name)``: under
+  ``torchrun`` that is the network wrapped in DistributedDataParallel (:meth:`SegMethod.distribute`), so
+  its gradients are averaged across processes; in a single process it is ``self.nets[name]``. Reading a
+  network without updating it (cDAL's attention map from D) and prediction use ``self.nets[name]``;
 * a method's options live in its own model dataclass (``config_class``), exposed as ``self.model_cfg``;
   the ones a user may set from the command line are declared in ``cli_options``, from which the CLI
   builds its flags (one source for names).
@@ -24,6 +28,7 @@ import torch
 from torch import nn
 
 from ..data import DatasetInfo
+from ..distributed import DistInfo, wrap
 
 __all__ = ["SegMethod", "MethodOption"]
 
@@ -81,6 +86,8 @@ class SegMethod:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         #: what :func:`diffseg_core.train.run_training` recorded about the last run (also in ``run.json``)
         self.last_run_info: dict[str, Any] = {}
+        #: DDP wrappers of ``nets`` while the loop trains in a process group (:meth:`distribute`)
+        self._train_nets: dict[str, nn.Module] = {}
 
     # ---- configuration -------------------------------------------------------------------
     @classmethod
@@ -145,6 +152,28 @@ class SegMethod:
     def inference_roi(self) -> int | None:
         """Window size for sliding-window inference of this method (``None``: whole image at once)."""
         return type(self).inference_window(self.cfg)
+
+    # ---- several processes (torchrun) -----------------------------------------------------
+    def distribute(self, info: DistInfo | None) -> None:
+        """Wrap every network with trainable weights in DistributedDataParallel for the process group
+        ``info`` (rank 0's weights are broadcast to every rank now); ``None`` or a single plain process
+        drops the wrappers. Called by :func:`diffseg_core.train.fit` before and after training.
+
+        ``self.nets`` always holds the plain networks, so checkpoints, :meth:`predict` and anything that
+        reads a network's attributes are the same with one process or many; only :meth:`train_net` differs.
+        """
+        self._train_nets = {}
+        if info is None or not info.active:
+            return
+        for name, net in self.nets.items():
+            if any(p.requires_grad for p in net.parameters()):
+                self._train_nets[name] = wrap(net, self.device)
+
+    def train_net(self, name: str) -> nn.Module:
+        """``self.nets[name]`` as a training step calls it when it updates its weights: the DDP wrapper under
+        ``torchrun`` (gradients averaged across ranks in ``backward``), the network itself otherwise."""
+        wrapped = getattr(self, "_train_nets", {}).get(name)
+        return wrapped if wrapped is not None else self.nets[name]
 
     def train(self) -> None:
         self.nets.train()

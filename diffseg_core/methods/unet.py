@@ -63,7 +63,7 @@ class UNetMethod(SegMethod):
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
         """``batch['image']`` (B,C,h,w) in [0,1], ``batch['label']`` (B,h,w) -> Dice+CE loss, one Adam step."""
         opt = self.optimizers["adam"]
-        logits = self.nets["unet"](batch["image"] * 2 - 1)
+        logits = self.train_net("unet")(batch["image"] * 2 - 1)   # DDP-wrapped under torchrun
         loss = self.loss(logits, batch["label"][:, None])
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -323,7 +323,7 @@ class TextDiffMethod(SegMethod):
             feats = [torch.stack([_augment(f[i], int(aug[i, 0]), int(aug[i, 1])) for i in range(len(ids))]) for f in feats]
             label = torch.stack([_augment(label[i], int(aug[i, 0]), int(aug[i, 1])) for i in range(len(ids))])
         tokens, mask = self._encode([self.train_text.get(i, "") for i in ids])
-        model = self.nets["textdiff"]
+        model = self.train_net("textdiff")  # DDP-wrapped under torchrun
         logits = model(feats, tokens, mask, out_size=tuple(label.shape[-2:]))
         loss, parts = ce_dice_loss(logits, label, self.model_cfg.dice_weight, self.model_cfg.dice_softmax, return_parts=True)
         opt = self.optimizers["adam"]
