@@ -33,6 +33,10 @@ class CDALConfig:
     0.999 for Hippocampus, as the official Hippocampus training; :mod:`diffseg_core.cdal.ema`).
     ``spatial_dims``: 2 (the paper: images, or slices of a volume) or 3 (native 3-D cDAL on volume patches,
     chapter 08; the same widths with 3-D convolutions).
+    Text (chapter 13, our extension joining cDAL and TextDiff): ``use_text`` gives G TextDiff's cross-modal
+    attention to frozen text tokens at its lowest resolution (off by default: plain cDAL, unchanged);
+    ``text_encoder`` 'clinical' (Bio_ClinicalBERT, offline fallback to MiniLM) or 'minilm', as TextDiff's;
+    ``text_heads`` x ``text_dim_head`` the blocks' attention heads (TextDiff's code: 8 x 64).
     """
 
     timesteps: int = 4
@@ -74,6 +78,11 @@ class CDALConfig:
     # generator EMA and dimensionality (chapter 08)
     ema_decay: float = 0.0
     spatial_dims: int = 2
+    # text conditioning (chapter 13)
+    use_text: bool = False
+    text_encoder: str = "clinical"
+    text_heads: int = 8
+    text_dim_head: int = 64
 
     def __post_init__(self) -> None:
         for name in ("ch_mult", "attn_resolutions", "d_stages", "betas"):
@@ -90,6 +99,8 @@ class CDALConfig:
             raise ValueError(f"cdal: ema_decay must be in [0, 1) (0 = no EMA), got {self.ema_decay!r}")
         if self.spatial_dims not in (2, 3):
             raise ValueError(f"cdal: spatial_dims must be 2 (slices) or 3 (volumes), got {self.spatial_dims!r}")
+        if self.text_heads < 1 or self.text_dim_head < 1:
+            raise ValueError(f"cdal: text_heads and text_dim_head must be >= 1, got {self.text_heads}, {self.text_dim_head}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CDALConfig":
@@ -119,8 +130,12 @@ class CDALConfig:
         Hippocampus keeps an EMA of G (decay 0.999) at every preset, as the official Hippocampus training
         does; the other datasets have none (``ema_decay=0``), as in their official code. ``spatial_dims=3``
         (an override, e.g. ``--spatial-dims 3``) keeps every width and switches to 3-D layers.
+
+        Text attention (``use_text``, off in every preset): 8 heads of 64 at ``paper`` and ``gpu`` (TextDiff's
+        code), 4 of 16 at ``cpu``, 2 of 8 at ``smoke``.
         """
         cfg = cls._for_preset(preset, dataset)
+        cfg.text_heads, cfg.text_dim_head = {"cpu": (4, 16), "smoke": (2, 8)}.get(preset, (8, 64))
         if {"qata": "cxr", "synthetic": "monuseg"}.get(dataset, dataset) == "hippocampus":
             cfg.ema_decay = 0.999
         return cfg

@@ -41,6 +41,13 @@ Choices against the official code (documented here because they change behaviour
 :func:`~diffseg_core.cdal.layers.conv_nd`, so the 2-D network keeps its parameter names, shapes and counts),
 3-D FIR or average-pool re-sampling and self-attention over all voxels of a level. Every tensor then has
 one more spatial axis: ``x_t`` (B, Cl, D, H, W), ``image`` (B, Ci, D, H, W).
+
+**Text-conditioned cDAL** (chapter 13; our extension joining the two papers): with ``text_dim > 0`` the
+generator gains two TextDiff cross-modal blocks (:class:`~diffseg_core.textdiff.cross_attention.CrossModalBlock`,
+TextDiff Eq. 3 at their core; imported, not copied) at its **lowest resolution**: one in the middle, after the
+middle self-attention, and one after the coarsest decoder level. Each pixel of those maps attends to the
+``L`` frozen text tokens ``(B, L, text_dim)`` passed to :meth:`ConditionalGenerator.forward` as ``text``.
+With ``text_dim = 0`` (the default) no module is added: parameter names and counts are those of plain cDAL.
 """
 from __future__ import annotations
 
@@ -51,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..textdiff.cross_attention import CrossModalBlock
 from .layers import (avg_pool, body_groups, broadcast_channels, check_spatial_dims, conv_nd, depthwise_blur, down,
                      encoder_groups, fir_kernel, init_conv, init_linear, timestep_embedding, up)
 
@@ -237,13 +245,16 @@ class ConditionalGenerator(nn.Module):
         progressive_input: the 'residual' input pyramid of NCSN++ (True in every cDAL config).
         dropout: dropout inside the ResNet blocks (0 in cDAL).
         spatial_dims: 2 (images, slices: the paper) or 3 (volumes: the native 3-D variant of chapter 08).
+        text_dim: width D of the text tokens; > 0 adds the text cross-attention of chapter 13 (0: plain cDAL).
+        text_heads, text_dim_head: heads and width per head of those cross-modal blocks.
     """
 
     def __init__(self, label_channels: int = 1, image_channels: int = 3, nf: int = 64,
                  ch_mult: Sequence[int] = (1, 1, 1, 2, 2, 4, 4), num_res_blocks: int = 2,
                  attn_resolutions: Sequence[int] = (16, 8), image_size: int = 256, nz: int = 100,
                  z_emb_dim: int = 256, n_mlp: int = 3, enc_blocks: int = 5, resample: str = "fir",
-                 progressive_input: bool = True, dropout: float = 0.0, spatial_dims: int = 2) -> None:
+                 progressive_input: bool = True, dropout: float = 0.0, spatial_dims: int = 2,
+                 text_dim: int = 0, text_heads: int = 4, text_dim_head: int = 32) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims, "ConditionalGenerator")
         if resample not in ("fir", "avg"):
@@ -306,6 +317,14 @@ class ConditionalGenerator(nn.Module):
         assert not hs_c
         self.head = nn.Sequential(nn.GroupNorm(body_groups(in_ch), in_ch, eps=1e-6), nn.SiLU(),
                                   init_conv(in_ch, label_channels, init_scale=0.0, spatial_dims=dims))
+        self.text_dim = int(text_dim)
+        if self.text_dim < 0:
+            raise ValueError(f"ConditionalGenerator: text_dim must be >= 0 (0 = no text), got {text_dim}")
+        self.text_attn: nn.ModuleList | None = None          # chapter 13: [middle, coarsest decoder level]
+        self.text_sizes: list[tuple[int, ...]] = []          # spatial sizes of the last forward's text attention
+        if self.text_dim:
+            low = nf * self.ch_mult[-1]
+            self.text_attn = nn.ModuleList(CrossModalBlock(low, self.text_dim, text_heads, text_dim_head) for _ in range(2))
 
     def num_parameters(self) -> int:
         """Total number of parameters."""
@@ -330,7 +349,8 @@ class ConditionalGenerator(nn.Module):
         return self.encoder(image)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, image: torch.Tensor | None = None,
-                z: torch.Tensor | None = None, image_features: torch.Tensor | None = None) -> torch.Tensor:
+                z: torch.Tensor | None = None, image_features: torch.Tensor | None = None,
+                text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Predict x0.
 
         Args:
@@ -340,6 +360,8 @@ class ConditionalGenerator(nn.Module):
             image: conditioning image (B, Ci, H, W), already normalised by the caller; or ``None`` when
                 ``image_features`` (what :meth:`encode` returned for it) is given instead.
             z: latent (B, nz) or ``None`` (z = 0).
+            text: frozen text tokens (B, L, text_dim), required exactly when the generator has text
+                cross-attention (``text_dim > 0``, chapter 13); ``text_mask`` (B, L) bool, True for real tokens.
         Returns:
             x0_hat (B, Cl, H, W) in [-1, 1] (tanh).
         """
@@ -364,8 +386,15 @@ class ConditionalGenerator(nn.Module):
                              f"{self.divisor} ({len(self.ch_mult)} levels)")
         if t.shape != (b,):
             raise ValueError(f"ConditionalGenerator: t must be (B,) = ({b},), got {tuple(t.shape)}")
+        if (text is not None) != (self.text_attn is not None):
+            raise ValueError("ConditionalGenerator: text tokens are needed exactly when text_dim > 0 "
+                             f"(text_dim={self.text_dim}, text {'given' if text is not None else 'missing'})")
+        if text is not None and (text.ndim != 3 or text.shape[0] != b or text.shape[2] != self.text_dim):
+            raise ValueError(f"ConditionalGenerator: text must be (B, L, {self.text_dim}) with B = {b}, "
+                             f"got {tuple(text.shape)}")
         temb = self.temb(timestep_embedding(t, self.nf))
         wz = self.style(z, b, x_t)
+        self.text_sizes = []
 
         hs = [self.conv_in(x_t) + image_features]           # image features added once, before the first block
         pyramid = x_t
@@ -381,24 +410,48 @@ class ConditionalGenerator(nn.Module):
                     hcur = pyramid
                 hs.append(hcur)
         hcur = self.mid[0](hs[-1], temb, wz)
-        hcur = self.mid[2](self.mid[1](hcur), temb, wz)
+        hcur = self.mid[1](hcur)
+        if self.text_attn is not None:
+            hcur = self._attend_text(0, hcur, text, text_mask)
+        hcur = self.mid[2](hcur, temb, wz)
         for j, blocks in enumerate(self.up_blocks):
             for res in blocks:
                 hcur = res(torch.cat([hcur, hs.pop()], dim=1), temb, wz)
             hcur = self.up_attn[j](hcur)
+            if j == 0 and self.text_attn is not None:
+                hcur = self._attend_text(1, hcur, text, text_mask)
             if j < len(self.upsamplers):
                 hcur = self.upsamplers[j](hcur, temb, wz)
         return torch.tanh(self.head(hcur))
 
+    def _attend_text(self, k: int, h: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Text block ``k``: every position of ``h`` (B, C, *S) attends to ``text`` (B, L, D) -> (B, C, *S)."""
+        seq = self.text_attn[k](h.flatten(2).transpose(1, 2), text, mask)     # (B, N, C), N = prod(S)
+        self.text_sizes.append(tuple(h.shape[2:]))
+        return seq.transpose(1, 2).reshape(h.shape)
 
-def build_generator(cfg: "CDALConfig", label_ch: int, image_ch: int) -> ConditionalGenerator:
+    def text_token_maps(self) -> list[torch.Tensor]:
+        """Per text block of the last forward (middle, coarsest decoder level): each token's attention over the
+        map, ``(B, L, *S)`` (first cross-attention sub-layer, mean over heads; rows over L sum to one)."""
+        if self.text_attn is None:
+            raise ValueError("ConditionalGenerator.text_token_maps: this generator has no text cross-attention")
+        maps = []
+        for block, size in zip(self.text_attn, self.text_sizes):
+            w = block.attention_weights.mean(dim=1)             # (B, N, L)
+            maps.append(w.transpose(1, 2).reshape(w.shape[0], w.shape[2], *size))
+        return maps
+
+
+def build_generator(cfg: "CDALConfig", label_ch: int, image_ch: int, text_dim: int = 0) -> ConditionalGenerator:
     """The generator of a :class:`~diffseg_core.cdal.config.CDALConfig` for ``label_ch`` label channels and
-    ``image_ch`` image channels (2-D or 3-D from ``cfg.spatial_dims``)."""
+    ``image_ch`` image channels (2-D or 3-D from ``cfg.spatial_dims``); ``text_dim`` > 0 (the loaded text
+    encoder's width, with ``cfg.use_text``) adds the text cross-attention of chapter 13."""
     return ConditionalGenerator(label_channels=label_ch, image_channels=image_ch, nf=cfg.nf, ch_mult=cfg.ch_mult,
                                 num_res_blocks=cfg.num_res_blocks, attn_resolutions=cfg.attn_resolutions,
                                 image_size=cfg.image_size, nz=cfg.nz, z_emb_dim=cfg.z_emb_dim, n_mlp=cfg.n_mlp,
                                 enc_blocks=cfg.enc_blocks, resample=cfg.resample, dropout=cfg.dropout,
-                                spatial_dims=getattr(cfg, "spatial_dims", 2))
+                                spatial_dims=getattr(cfg, "spatial_dims", 2), text_dim=text_dim,
+                                text_heads=getattr(cfg, "text_heads", 4), text_dim_head=getattr(cfg, "text_dim_head", 32))
 
 
 def draw_latent(G: ConditionalGenerator, batch: int, use_latent: bool, like: torch.Tensor,

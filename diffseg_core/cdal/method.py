@@ -77,6 +77,8 @@ class CDALMethod(SegMethod):
         MethodOption("--no-attention", "use_attention", "ablation: A_D = 1 (D is then not trained)", const=False),
         MethodOption("--spatial-dims", "spatial_dims", "2: slice-wise (the paper); 3: native 3-D cDAL on volume "
                      "patches (volume datasets: hippocampus)", type=int, choices=(2, 3)),
+        MethodOption("--text", "use_text", "chapter 13: G attends to frozen text tokens of each image's sentence at "
+                     "its lowest resolution (datasets with text: monuseg, synthetic)", const=True),
         MethodOption("--ema-decay", "ema_decay", "decay of the generator EMA used for validation and prediction; "
                      "0 = predict with the live weights (default: 0.999 for hippocampus, as the official code; "
                      "0 elsewhere)", type=float, metavar="BETA"),
@@ -90,7 +92,17 @@ class CDALMethod(SegMethod):
         if mc.image_norm == "monuseg" and info.in_channels != 3:
             raise ValueError(f"cdal: image_norm 'monuseg' needs RGB images, dataset {info.name} has {info.in_channels} channel(s)")
         self.sched = vp_schedule(mc.timesteps, mc.beta_min, mc.beta_max).to(device)
-        G = build_generator(mc, self.label_ch, info.in_channels).to(device)
+        self.text_encoder = None
+        self._tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if mc.use_text:
+            if not info.has_text or self.spatial_dims != 2:
+                raise DataError(f"cdal --text needs a 2-D dataset with one sentence per image (monuseg with its text, "
+                                f"synthetic); {info.name} has {'no text' if not info.has_text else 'volumes'}")
+            from ..textdiff.text import load_text_encoder
+
+            self.text_encoder = load_text_encoder(mc.text_encoder, device=device)
+        G = build_generator(mc, self.label_ch, info.in_channels,
+                            text_dim=self.text_encoder.dim if self.text_encoder is not None else 0).to(device)
         D = build_discriminator(mc, self.label_ch).to(device)
         crop = cfg.data.crop
         if crop % G.divisor:
@@ -136,6 +148,21 @@ class CDALMethod(SegMethod):
                             "images only")
         return volume_batches(cases_to_volumes(cases), self.cfg.data, seed=seed)
 
+    def text_tokens(self, texts: Sequence[str] | None, batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Frozen tokens ``(B, L, D)`` and padding mask ``(B, L)`` of ``texts`` (one sentence per image; each
+        distinct sentence encoded once and cached); ``(None, None)`` for plain cDAL."""
+        if self.text_encoder is None:
+            return None, None
+        if texts is None or isinstance(texts, str) or len(texts) != batch:
+            got = "none" if texts is None else (1 if isinstance(texts, str) else len(texts))
+            raise ValueError(f"cdal --text: one sentence per image is needed, got {got} for {batch} image(s)")
+        missing = sorted({t for t in texts if t not in self._tokens})
+        if missing:
+            tok, mask = self.text_encoder.encode(missing)
+            self._tokens.update({t: (tok[i], mask[i]) for i, t in enumerate(missing)})
+        tokens = torch.stack([self._tokens[t][0] for t in texts]).to(self.device)
+        return tokens, torch.stack([self._tokens[t][1] for t in texts]).to(self.device)
+
     def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         image = batch["image"]
         if image.ndim != 2 + self.spatial_dims or image.shape[1] != self.info.in_channels:
@@ -149,12 +176,14 @@ class CDALMethod(SegMethod):
         mc, G, D = self.model_cfg, self.nets["G"], self.nets["D"]
         self.n_ensemble = mc.val_ensemble               # validation inside the loop stays cheap
         x0, image = self._inputs(batch)
+        text, text_mask = self.text_tokens(batch.get("text"), x0.shape[0])     # (None, None) for plain cDAL
         logs: dict[str, float] = {}
         # each step updates one network through train_net (DDP-wrapped under torchrun) and reads the other plain
         if mc.use_attention or mc.adv_weight > 0:
-            logs.update(d_step(G, self.train_net("D"), self.sched, x0, image, mc, step, self.optimizers["d"]))
+            logs.update(d_step(G, self.train_net("D"), self.sched, x0, image, mc, step, self.optimizers["d"],
+                               text, text_mask))
         out = g_step(self.train_net("G"), D if mc.use_attention or mc.adv_weight > 0 else None, self.sched, x0, image,
-                     mc, self.optimizers["g"])
+                     mc, self.optimizers["g"], text, text_mask)
         logs.update({k: v for k, v in out.items() if isinstance(v, float)})
         if "G_ema" in self.nets:
             update_ema(self.nets["G_ema"], G, ema_decay_at(mc.ema_decay, self.ema_updates))
@@ -196,11 +225,14 @@ class CDALMethod(SegMethod):
     def predict(self, image: torch.Tensor, text: Sequence[str] | None = None) -> torch.Tensor:
         """Class probabilities (B, K, h, w) from the mean of ``self.n_ensemble`` T-step samples; h, w divisible
         by the generator's down-sampling factor (the sliding window gives crop-sized tiles). 3-D: volumes
-        (B, C, d, h, w) -> (B, K, d, h, w). Samples the EMA generator when there is one."""
+        (B, C, d, h, w) -> (B, K, d, h, w). Samples the EMA generator when there is one. With ``use_text``,
+        ``text`` holds one sentence per image (required)."""
         gen = torch.Generator(device=image.device)
         gen.manual_seed(int(self.cfg.seed))
+        tokens, mask = self.text_tokens(text, image.shape[0])
         r = sample_cdal(self.sampling_generator(), self.sched, normalize_image(image.float(), self.model_cfg.image_norm),
-                        n_samples=self.n_ensemble, use_latent=self.model_cfg.use_latent, generator=gen)
+                        n_samples=self.n_ensemble, use_latent=self.model_cfg.use_latent, generator=gen,
+                        text=tokens, text_mask=mask)
         return x0_to_probs(r["mean"] * 2.0 - 1.0)
 
     def run_info(self) -> dict[str, Any]:
@@ -211,4 +243,6 @@ class CDALMethod(SegMethod):
                 "attention_stage": D.stage_for_scale(self.model_cfg.attn_scale) if self.model_cfg.use_attention else None,
                 "d_skipped": not (self.model_cfg.use_attention or self.model_cfg.adv_weight > 0),
                 "spatial_dims": self.spatial_dims, "ema_decay": self.model_cfg.ema_decay,
-                "ema_updates": self.ema_updates}
+                "ema_updates": self.ema_updates,
+                "text_encoder_loaded": self.text_encoder.name if self.text_encoder is not None else None,
+                "text_parameters": sum(p.numel() for p in G.text_attn.parameters()) if G.text_attn is not None else 0}

@@ -32,7 +32,8 @@ def summarise_samples(samples: torch.Tensor) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def sample_cdal(G: ConditionalGenerator, sched: Schedule, image: torch.Tensor, n_samples: int = 5,
                 use_latent: bool = True, return_trajectory: bool = False,
-                generator: torch.Generator | None = None) -> dict[str, Any]:
+                generator: torch.Generator | None = None, text: torch.Tensor | None = None,
+                text_mask: torch.Tensor | None = None) -> dict[str, Any]:
     """Algorithm 2: ``n_samples`` T-step reverse chains per image, summarised.
 
     Args:
@@ -41,6 +42,8 @@ def sample_cdal(G: ConditionalGenerator, sched: Schedule, image: torch.Tensor, n
         n_samples: ensemble size (5 in the paper, D9); members are run as one batch of N*B.
         use_latent: draw a fresh z ~ N(0, I) at every step (False: z = 0).
         generator: optional ``torch.Generator`` on ``image``'s device for reproducible noise.
+        text, text_mask: the image's text tokens (B, L, D) and padding mask (B, L) for a generator with text
+            attention (chapter 13); repeated for every member like the image.
     Returns dict:
         ``mean`` (B, Cl, H, W) ensemble mean of (x + 1)/2 in [0, 1]; ``mask`` (B, H, W) int64 (binary: mean > 0.5,
         multiclass: argmax); ``variance`` (B, Cl, H, W) >= 0 per-pixel variance over members (uncertainty);
@@ -53,13 +56,15 @@ def sample_cdal(G: ConditionalGenerator, sched: Schedule, image: torch.Tensor, n
     b, spatial = image.shape[0], tuple(image.shape[2:])
     n = n_samples
     img = image.repeat(n, *([1] * (image.ndim - 1)))                   # (N*B, Ci, H, W), member-major
+    text_kw = {} if text is None else {                                  # (N*B, L, D), same order as img
+        "text": text.repeat(n, 1, 1), "text_mask": text_mask.repeat(n, 1) if text_mask is not None else None}
     x = torch.randn(n * b, G.label_channels, *spatial, device=image.device, dtype=image.dtype, generator=generator)
     traj = []
     x0_hat = x
     for code_t in reversed(range(sched.T)):
         t = torch.full((n * b,), code_t, dtype=torch.long, device=image.device)
         z = draw_latent(G, n * b, use_latent, image, generator)           # a fresh z at every step
-        x0_hat = G(x, t, img, z)
+        x0_hat = G(x, t, img, z, **text_kw)
         if return_trajectory:
             traj.append((x.reshape(n, b, *x.shape[1:]).clone(), x0_hat.reshape(n, b, *x.shape[1:]).clone()))
         noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)

@@ -56,15 +56,22 @@ def attention_map(D: TimeConditionedDiscriminator | None, sched: Schedule, x0: t
     return spatial_attention(feats, D.stage_for_scale(cfg.attn_scale), tuple(x0.shape[2:]), cfg.attn_norm)
 
 
+def _text_kw(text: torch.Tensor | None, text_mask: torch.Tensor | None) -> dict[str, Any]:
+    """G's text arguments (chapter 13), or none at all for plain cDAL (any generator with cDAL's signature works)."""
+    return {} if text is None else {"text": text, "text_mask": text_mask}
+
+
 def _r1_due(cfg: CDALConfig, step: int) -> bool:
     return cfg.r1_gamma > 0 and (not cfg.lazy_reg or cfg.lazy_reg <= 1 or step % cfg.lazy_reg == 0)
 
 
 def d_step(G: ConditionalGenerator, D: TimeConditionedDiscriminator, sched: Schedule, x0: torch.Tensor,
-           image: torch.Tensor, cfg: CDALConfig, step: int, opt_d: torch.optim.Optimizer) -> dict[str, float]:
+           image: torch.Tensor, cfg: CDALConfig, step: int, opt_d: torch.optim.Optimizer,
+           text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None) -> dict[str, float]:
     """One discriminator update (Algorithm 1, steps 1-2).
 
-    Args: x0 (B, Cl, H, W) in {-1, 1}; image (B, Ci, H, W) normalised; ``step`` decides the lazy R1.
+    Args: x0 (B, Cl, H, W) in {-1, 1}; image (B, Ci, H, W) normalised; ``step`` decides the lazy R1;
+    ``text`` (B, L, D) / ``text_mask`` (B, L): G's text tokens when it has text attention (chapter 13).
     Returns floats ``d_real``, ``d_fake`` (logistic losses), ``d_loss`` and, when applied, ``r1``
     (gamma/2 * mean ||grad||^2), plus ``d_real_logit``/``d_fake_logit`` batch means.
     """
@@ -83,7 +90,7 @@ def d_step(G: ConditionalGenerator, D: TimeConditionedDiscriminator, sched: Sche
     else:
         loss_real.backward()
     with torch.no_grad():                               # G's gradient from this pass is discarded anyway
-        x0_hat = G(x_tp1, t, image, draw_latent(G, b, cfg.use_latent, x0))
+        x0_hat = G(x_tp1, t, image, draw_latent(G, b, cfg.use_latent, x0), **_text_kw(text, text_mask))
         x_fake = sample_posterior(sched, x0_hat, x_tp1, t)
     fake = D(x_fake, x_tp1, t)
     loss_fake = d_logistic_loss(fake, real=False)      # softplus(D(fake))
@@ -96,8 +103,9 @@ def d_step(G: ConditionalGenerator, D: TimeConditionedDiscriminator, sched: Sche
 
 
 def g_step(G: ConditionalGenerator, D: TimeConditionedDiscriminator | None, sched: Schedule, x0: torch.Tensor,
-           image: torch.Tensor, cfg: CDALConfig, opt_g: torch.optim.Optimizer) -> dict[str, Any]:
-    """One generator update (Algorithm 1, step 3; Eq. 4).
+           image: torch.Tensor, cfg: CDALConfig, opt_g: torch.optim.Optimizer,
+           text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None) -> dict[str, Any]:
+    """One generator update (Algorithm 1, step 3; Eq. 4). ``text``/``text_mask``: as in :func:`d_step`.
 
     A_D from D's real-pair features -> x0_att = A_D * x0 -> noised pair from x0_att -> G predicts x0 from the
     more-noisy member -> MSE against the un-weighted x0 (+ ``adv_weight`` x DDGAN's adversarial term, an
@@ -111,7 +119,7 @@ def g_step(G: ConditionalGenerator, D: TimeConditionedDiscriminator | None, sche
     att = attention_map(D, sched, x0, t, cfg)                  # (B, 1, H, W), no gradient
     x0_att = att * x0                                          # shared across label channels
     _, x_tp1_att = q_sample_pairs(sched, x0_att, t)
-    x0_hat = G(x_tp1_att, t, image, draw_latent(G, b, cfg.use_latent, x0))
+    x0_hat = G(x_tp1_att, t, image, draw_latent(G, b, cfg.use_latent, x0), **_text_kw(text, text_mask))
     mse = F.mse_loss(x0_hat, x0)                               # mean over C, H, W and batch
     loss = mse
     adv = torch.zeros((), device=x0.device)
