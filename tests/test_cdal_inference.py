@@ -1,0 +1,165 @@
+"""cDAL inference arranged for the hardware gives the samples of Algorithm 2 as written, and the predictions of
+the first implementation (kept, verbatim, as the baseline of ``benchmarks/cdal_inference.py``)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffseg_core.cdal import CDALConfig, CDALMethod, build_generator, g_step, sample_cdal
+from diffseg_core.cdal.sampling import (ACCELERATOR_BATCH_PIXELS, CPU_BATCH_PIXELS, SamplerPlan, attention_extent,
+                                        cpu_supports_bf16, default_plan, posterior_coefficients, sample_cdal_ensemble)
+from diffseg_core.data import DatasetInfo
+from diffseg_core.data.base import Case
+from diffseg_core.evaluate import describe_protocol, evaluate_cases, predict_case, result_row
+from diffseg_core.methods import get_config
+from diffseg_core.schedule import sample_posterior, vp_schedule
+
+SMOKE = CDALConfig.for_preset("smoke", "monuseg")
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "cdal_inference.py"
+
+
+def _baseline():
+    spec = importlib.util.spec_from_file_location("bench_cdal_inference", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _g(cfg: CDALConfig = SMOKE, label_ch: int = 1):
+    torch.manual_seed(0)
+    G = build_generator(cfg, label_ch, 3).eval()
+    with torch.no_grad():                       # off the near-zero init, so every input matters
+        for p in G.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return G
+
+
+def _method(seed: int = 0) -> CDALMethod:
+    cfg = get_config("cdal", "monuseg", "smoke", seed=seed)
+    torch.manual_seed(0)
+    m = CDALMethod(cfg, DatasetInfo("monuseg", 3, 2, ("background", "nucleus")), torch.device("cpu"))
+    with torch.no_grad():
+        for p in m.nets["G"].parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    m.n_ensemble = m.model_cfg.ensemble
+    return m
+
+
+@pytest.mark.parametrize("label_ch", [1, 3])
+def test_one_batch_nchw_fp32_is_bit_identical_to_algorithm_2(label_ch):
+    G, sched, img = _g(label_ch=label_ch), vp_schedule(4), torch.randn(3, 3, 32, 32)
+    ref = sample_cdal(G, sched, img, 4, generator=torch.Generator().manual_seed(5))
+    r = sample_cdal_ensemble(G, sched, img, 4, generator=torch.Generator().manual_seed(5),
+                             plan=SamplerPlan(10**9, channels_last=False))
+    assert torch.equal(r["samples"], ref["samples"]) and torch.equal(r["mask"], ref["mask"])
+    assert torch.equal(r["variance"], ref["variance"]) and r["nfe"] == ref["nfe"] == 16
+
+
+@pytest.mark.parametrize("plan", [SamplerPlan(32 * 32, True), SamplerPlan(3 * 32 * 32, False), SamplerPlan(5 * 32 * 32, True),
+                                  SamplerPlan(ACCELERATOR_BATCH_PIXELS, True)])
+def test_batching_and_layout_change_only_float_rounding(plan):
+    G, sched, img = _g(), vp_schedule(4), torch.randn(5, 3, 32, 32)
+    ref = sample_cdal(G, sched, img, 3, generator=torch.Generator().manual_seed(1))
+    r = sample_cdal_ensemble(G, sched, img, 3, generator=torch.Generator().manual_seed(1), plan=plan)
+    torch.testing.assert_close(r["samples"], ref["samples"], atol=2e-5, rtol=0)
+    # the layout is restored: G's weights are as before, and still trainable (not inference tensors)
+    conv = G.conv_in.weight
+    assert conv.is_contiguous() and not conv.is_inference()
+
+
+def test_no_latent_and_seed_groups_match_separate_calls():
+    G, sched, img = _g(), vp_schedule(2), torch.randn(7, 3, 32, 32)
+    r = sample_cdal_ensemble(G, sched, img, 2, use_latent=False, generator=torch.Generator().manual_seed(9),
+                             seed_group=3)
+    parts = [sample_cdal(G, sched, img[i:i + 3], 2, use_latent=False, generator=torch.Generator().manual_seed(9))
+             for i in range(0, 7, 3)]
+    torch.testing.assert_close(r["mean"], torch.cat([p["mean"] for p in parts]), atol=2e-5, rtol=0)
+    with pytest.raises(ValueError, match="seed_group"):
+        sample_cdal_ensemble(G, sched, img, 2, seed_group=3)          # nothing to re-start
+
+
+def test_posterior_coefficients_reproduce_eq3_exactly():
+    sched = vp_schedule(4)
+    x0, x, eps = torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8)
+    for t, (a, c, s) in enumerate(posterior_coefficients(sched)):
+        tt = torch.full((3,), t, dtype=torch.long)
+        ours = a * x0 + c * x + (s * eps if s else 0.0)
+        assert torch.equal(ours, sample_posterior(sched, x0, x, tt, eps))
+    assert posterior_coefficients(sched)[0] == (1.0, 0.0, 0.0)
+
+
+def test_predict_equals_the_first_implementation():
+    """64 tiles in one call, re-seeded per 16: what the old path computed with 4 sliding-window calls."""
+    m, base = _method(), _baseline()
+    tiles = torch.rand(40, 3, 32, 32)
+    new = m.predict(tiles)
+    old = torch.cat([base.baseline_predict(m, tiles[i:i + 16]) for i in range(0, 40, 16)])
+    torch.testing.assert_close(new, old, atol=2e-5, rtol=0)
+    assert torch.equal(m.predict(tiles[:16]), m.predict(tiles)[:16])   # tiles per call do not matter
+
+
+def test_predict_case_and_evaluation_equal_the_first_implementation():
+    m, base = _method(seed=3), _baseline()
+    rng = np.random.default_rng(0)
+    case = Case(id="c", image=rng.random((3, 160, 128)).astype(np.float32),
+                label=(rng.random((160, 128)) > 0.7).astype(np.int64))
+    assert m.inference_batch() >= 20                                 # a whole image's tiles in one call
+    np.testing.assert_allclose(predict_case(m, case), base.baseline_predict_case(m, case), atol=2e-5, rtol=0)
+    scores = evaluate_cases(m, [case])
+    assert "fp32, channels-last" in scores["inference"] and "re-seeded per 16 tiles" in scores["inference"]
+    scores["protocol"] = describe_protocol(m.cfg, "test", 1, "last.pt")
+    row = result_row("cDAL", scores, "synthetic")
+    assert row["protocol"].endswith(scores["inference"])
+
+
+def test_predict_keeps_the_generator_trainable():
+    m = _method()
+    m.predict(torch.rand(2, 3, 32, 32))
+    batch = {"image": torch.rand(2, 3, 32, 32), "label": torch.randint(0, 2, (2, 32, 32))}
+    x0, image = m._inputs(batch)
+    out = g_step(m.nets["G"], None, m.sched, x0, image, m.model_cfg, m.optimizers["g"])
+    assert np.isfinite(out["mse"])
+
+
+# ---- accelerator paths, exercised on the CPU ---------------------------------------------------------
+def test_plans_per_device_and_their_cpu_fallbacks(monkeypatch):
+    cpu = torch.device("cpu")
+    assert default_plan(cpu) == SamplerPlan(CPU_BATCH_PIXELS, True, "fp32")
+    acc = default_plan(torch.device("meta"))          # any non-CPU device: mixed precision, large batches
+    assert acc.precision in ("bf16", "fp16") and acc.batch_pixels == ACCELERATOR_BATCH_PIXELS
+    assert acc.chains_per_batch(64, 64) == 256 and acc.chains_per_batch(256, 256) == 16
+    # on a CPU, fp16 autocast and bf16 without native support are no-ops: the plan runs in fp32
+    assert SamplerPlan(precision="fp16").resolved(cpu).precision == "fp32"
+    monkeypatch.setattr("diffseg_core.cdal.sampling.cpu_supports_bf16", lambda: False)
+    assert SamplerPlan(precision="bf16").resolved(cpu).precision == "fp32"
+    G, sched, img = _g(), vp_schedule(4), torch.randn(2, 3, 32, 32)
+    a = sample_cdal_ensemble(G, sched, img, 2, generator=torch.Generator().manual_seed(0), plan=acc)
+    b = sample_cdal_ensemble(G, sched, img, 2, generator=torch.Generator().manual_seed(0),
+                             plan=SamplerPlan(ACCELERATOR_BATCH_PIXELS, True, "fp32"))
+    assert a["plan"].precision == "fp32" or cpu_supports_bf16()
+    if a["plan"].precision == "fp32":
+        assert torch.equal(a["samples"], b["samples"])
+    with pytest.raises(ValueError, match="precision"):
+        SamplerPlan(precision="int8")
+
+
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bf16")
+def test_bf16_autocast_runs_and_stays_close():
+    G, sched, img = _g(), vp_schedule(4), torch.randn(2, 3, 32, 32)
+    ref = sample_cdal(G, sched, img, 3, generator=torch.Generator().manual_seed(0))
+    r = sample_cdal_ensemble(G, sched, img, 3, generator=torch.Generator().manual_seed(0),
+                             plan=SamplerPlan(CPU_BATCH_PIXELS, True, "bf16"))
+    assert r["plan"].precision == "bf16" and r["samples"].dtype == torch.float32
+    assert (r["samples"] - ref["samples"]).abs().max() < 0.1
+
+
+def test_attention_extent_grows_with_the_window():
+    G = build_generator(CDALConfig.for_preset("cpu", "monuseg"), 1, 3)   # only the middle attention
+    assert attention_extent(G, 64, 64) == {"middle (level 2)": 256}
+    assert attention_extent(G, 512, 512) == {"middle (level 2)": 16384}
+    Gg = build_generator(CDALConfig.for_preset("gpu", "monuseg"), 1, 3)
+    assert attention_extent(Gg, 256, 256) == {"level 4": 256, "middle (level 4)": 256}
