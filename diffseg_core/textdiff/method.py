@@ -38,7 +38,13 @@ from .features import DiffusionFeatureExtractor, select_blocks_by_resolution
 from .head import TextDiffModel, ce_dice_loss
 from .pretrain import pretrain_ddpm
 
-__all__ = ["TextDiffMethod", "derangement"]
+__all__ = ["TextDiffMethod", "derangement", "TRAIN_FEATURE_BYTES", "EVAL_FEATURE_BYTES"]
+
+#: memory for the cached features of the training images; beyond it they are written to a temporary folder and
+#: streamed back one image at a time (a 256-px image: ~42 MB at the ``cpu`` preset, ~280 MB at ``paper``)
+TRAIN_FEATURE_BYTES = 2 * 2**30
+#: memory for the features of evaluated images (re-used across validations; dropped beyond, re-extracted)
+EVAL_FEATURE_BYTES = 2 * 2**30
 
 
 def derangement(n: int, seed: int) -> list[int]:
@@ -94,8 +100,9 @@ class TextDiffMethod(SegMethod):
         self.backbone_path: str | None = None
         self.backbone_source = ""
         self.ddpm_losses: list[float] = []
-        self.train_cache = FeatureCache()
-        self.eval_cache = FeatureCache(max_items=32, max_bytes=2 * 2**30)  # bounded: unseen images
+        # features of the training images: at most TRAIN_FEATURE_BYTES in memory, the rest streamed from disk
+        self.train_cache = FeatureCache(max_bytes=TRAIN_FEATURE_BYTES, spill=True)
+        self.eval_cache = FeatureCache(max_items=32, max_bytes=EVAL_FEATURE_BYTES)  # unseen images: dropped beyond
         self.train_labels: dict[str, torch.Tensor] = {}
         self.train_text: dict[str, str] = {}
         self._tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -200,11 +207,14 @@ class TextDiffMethod(SegMethod):
             self.backbone_source = f"DDPM pre-trained here on {len(pool)} unlabelled training images"
         self.timings["backbone_seconds"] = round(time.perf_counter() - t0, 2)
         self._setup_frozen(unet)
-        # features of the fixed training images, extracted once (no per-epoch re-extraction)
+        # features of the fixed training images, extracted once (no per-epoch re-extraction), several images
+        # per U-Net pass; images are resized a pass at a time and features beyond the memory bound go to disk
         t0 = time.perf_counter()
-        images = self._image_tensor(train_cases)
-        for i, case in enumerate(train_cases):
-            self.train_cache.features([case.id], images[i:i + 1], self.extractor.extract)
+        per = self.extractor.images_per_pass(self.model_cfg.image_size, self.model_cfg.image_size)
+        for s in range(0, len(train_cases), per):
+            chunk = train_cases[s:s + per]
+            self.train_cache.features([c.id for c in chunk], self._image_tensor(chunk), self.extractor.extract, keep=False)
+        for case in train_cases:
             label = torch.from_numpy(np.ascontiguousarray(case.label)).long()
             if tuple(label.shape) != (self.model_cfg.image_size,) * 2:
                 label = F.interpolate(label[None, None].float(), size=(self.model_cfg.image_size,) * 2,
@@ -302,7 +312,8 @@ class TextDiffMethod(SegMethod):
 
     # ---- inference -----------------------------------------------------------------------
     def features(self, image: torch.Tensor) -> list[torch.Tensor]:
-        """Diffusion features of images ``(B, C, h, w)`` in [0, 1] after resizing to ``image_size`` (cached)."""
+        """Diffusion features of images ``(B, C, h, w)`` in [0, 1] after resizing to ``image_size`` (cached by
+        content; the missing ones extracted together, every noise level and several images per U-Net pass)."""
         self._check_ready()
         x = self._resize(image.float())
         keys = [image_key(x[i]) for i in range(x.shape[0])]
@@ -313,7 +324,8 @@ class TextDiffMethod(SegMethod):
         """Class probabilities ``(B, K, h, w)`` for images ``(B, C, h, w)`` in [0, 1] and their sentences.
 
         The image is resized to ``image_size`` (whole image, as in the paper), segmented, and the
-        probabilities resized back to ``(h, w)``.
+        probabilities resized back to ``(h, w)``. Seconds per image and peak memory (extraction of an unseen
+        image included): ``benchmarks/textdiff.py``.
         """
         if image.dim() != 4 or image.shape[1] != self.info.in_channels:
             raise ValueError(f"textdiff.predict: image must be (B, {self.info.in_channels}, h, w), got {tuple(image.shape)}")
