@@ -153,19 +153,20 @@ def _load(args, device):
     return method, cfg, cases[: args.images], f"{source}; {ds.source} images ({ds.name}, {args.split})"
 
 
-def _plans(device: torch.device, tiny: bool) -> list[tuple[str, SamplerPlan]]:
+def _plans(device: torch.device, only_default: bool) -> list[tuple[str, SamplerPlan]]:
     d = default_plan(device)
+    if only_default:
+        return [("default", d)]
     if device.type == "cpu":
-        plans = [("default", d)]
-        if not tiny:
-            plans += [("fp32 NCHW, 80 chains", SamplerPlan(80 * 64 * 64, False, "fp32")),
-                      ("fp32 NCHW, 4 chains", SamplerPlan(4 * 64 * 64, False, "fp32")),
-                      ("fp32 CL, 1 chain", SamplerPlan(64 * 64, True, "fp32")),
-                      ("fp32 CL, 16 chains", SamplerPlan(16 * 64 * 64, True, "fp32")),
-                      ("fp32 CL, 80 chains", SamplerPlan(80 * 64 * 64, True, "fp32"))]
-            if cpu_supports_bf16():
-                plans += [("bf16 CL, 4 chains", SamplerPlan(4 * 64 * 64, True, "bf16")),
-                          ("bf16 NCHW, 16 chains", SamplerPlan(16 * 64 * 64, False, "bf16"))]
+        plans = [("default", d),
+                 ("fp32 NCHW, 80 chains (encoder once only)", SamplerPlan(80 * 64 * 64, False, "fp32")),
+                 ("fp32 NCHW, 16 chains", SamplerPlan(16 * 64 * 64, False, "fp32")),
+                 ("fp32 CL, 1 chain", SamplerPlan(64 * 64, True, "fp32")),
+                 ("fp32 CL, 4 chains", SamplerPlan(4 * 64 * 64, True, "fp32")),
+                 ("fp32 CL, 80 chains", SamplerPlan(80 * 64 * 64, True, "fp32"))]
+        if cpu_supports_bf16():
+            plans += [("bf16 CL, 16 chains", SamplerPlan(16 * 64 * 64, True, "bf16")),
+                      ("bf16 NCHW, 16 chains", SamplerPlan(16 * 64 * 64, False, "bf16"))]
         return plans
     return [("default", d), ("fp32 CL, large", SamplerPlan(ACCELERATOR_BATCH_PIXELS, True, "fp32")),
             ("fp16 CL, large", SamplerPlan(ACCELERATOR_BATCH_PIXELS, True, "fp16"))]
@@ -179,16 +180,25 @@ def bench_device(args, device: torch.device) -> list[dict[str, Any]]:
     crop = cfg.data.crop
     print(f"\n== {describe_device(device)} | {source} | {len(cases)} image(s) of {cases[0].image.shape[1]}x"
           f"{cases[0].image.shape[2]} | {crop}-px tiles, {method.n_ensemble} members x T={method.model_cfg.timesteps}")
+    print(f"{'path':<72} {'s/img wall':>10} {'CPU-s/img':>9} {'img/s':>6} {'speed-up':>8} {'max|dp|':>8} "
+          f"{'mask diff':>9} {'Dice':>7}", flush=True)
+
+    def show(r: dict[str, Any]) -> None:
+        print(f"{r['path']:<72} {r['wall']:>10.3f} {r['cpu']:>9.3f} {1 / r['wall']:>6.2f} {base_wall / r['wall']:>7.2f}x "
+              f"{r['max_dp']:>8.1e} {r['mask_diff']:>9.2e} {r['dice']:>7.4f}", flush=True)
+
     base_wall, base_cpu, base_preds = _time_cases(lambda c: baseline_predict_case(method, c), cases, device, args.repeats)
     rows = [{"path": "baseline (first implementation)", "wall": base_wall, "cpu": base_cpu, "max_dp": 0.0,
              "mask_diff": 0.0, "dice": _dice(base_preds, cases, k)}]
-    for name, plan in _plans(device, args.tiny):
+    show(rows[-1])
+    for name, plan in _plans(device, args.tiny or args.plans == "default"):
         method.plan = plan
         wall, cpu, preds = _time_cases(lambda c: predict_case(method, c), cases, device, args.repeats)
         rows.append({"path": f"now: {name} ({plan.resolved(device).describe(crop, crop)})", "wall": wall, "cpu": cpu,
                      "max_dp": max(float(np.abs(p - q).max()) for p, q in zip(preds, base_preds)),
                      "mask_diff": float(np.mean([(p.argmax(0) != q.argmax(0)).mean() for p, q in zip(preds, base_preds)])),
                      "dice": _dice(preds, cases, k)})
+        show(rows[-1])
     method.plan = default_plan(device)
     for win in args.windows:
         if win % method.nets["G"].divisor:
@@ -200,13 +210,9 @@ def bench_device(args, device: torch.device) -> list[dict[str, Any]]:
                      "max_dp": max(float(np.abs(p - q).max()) for p, q in zip(preds, base_preds)),
                      "mask_diff": float(np.mean([(p.argmax(0) != q.argmax(0)).mean() for p, q in zip(preds, base_preds)])),
                      "dice": _dice(preds, cases, k)})
+        show(rows[-1])
         del method.inference_roi
     peak_acc = torch.accelerator.max_memory_allocated() / 2**20 if device.type != "cpu" else float("nan")
-    print(f"{'path':<72} {'s/img wall':>10} {'CPU-s/img':>9} {'img/s':>6} {'speed-up':>8} {'max|dp|':>8} "
-          f"{'mask diff':>9} {'Dice':>7}")
-    for r in rows:
-        print(f"{r['path']:<72} {r['wall']:>10.3f} {r['cpu']:>9.3f} {1 / r['wall']:>6.2f} {base_wall / r['wall']:>7.2f}x "
-              f"{r['max_dp']:>8.1e} {r['mask_diff']:>9.2e} {r['dice']:>7.4f}")
     now = rows[1]
     print(f"{device.type}: default plan {now['wall']:.3f} s per image ({1 / now['wall']:.2f} images/s) vs baseline "
           f"{base_wall:.3f} s: speed-up {base_wall / now['wall']:.2f}x wall, {base_cpu / now['cpu']:.2f}x CPU seconds "
@@ -228,6 +234,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--repeats", type=int, default=1, help="timed passes over the images (median; default 1)")
     p.add_argument("--windows", type=int, nargs="*", default=[], help="also try these window sizes (e.g. 128 512)")
     p.add_argument("--device", default="auto", help="'auto' (default): the CPU, then the accelerator if one is present; 'cpu': the CPU only")
+    p.add_argument("--plans", choices=["all", "default"], default="all",
+                   help="'all' (default): the default plan and the alternatives; 'default': the default plan only")
     p.add_argument("--tiny", action="store_true", help="smoke preset, 1 image, default plan only")
     args = p.parse_args(argv)
     if args.tiny:

@@ -71,3 +71,15 @@ def test_a_temporary_spill_folder_is_removed_with_the_cache():
     torch.testing.assert_close(cache.get("a")[0], torch.zeros(4))
     del cache
     assert not folder.exists()
+
+
+def test_mixed_precision_is_for_accelerators_only(unet):
+    from diffseg_core.textdiff.features import accelerator_autocast_dtype
+
+    assert accelerator_autocast_dtype(torch.device("cpu")) is None
+    assert accelerator_autocast_dtype(torch.device("meta")) in (torch.bfloat16, torch.float16)
+    imgs = torch.rand(2, 3, 32, 32)
+    plain = DiffusionFeatureExtractor(unet, blocks=[1, 5], noise_seed=1).extract(imgs)
+    asked = DiffusionFeatureExtractor(unet, blocks=[1, 5], noise_seed=1, autocast_dtype=torch.float16).extract(imgs)
+    for a, b in zip(plain, asked):                      # on a CPU the request is a no-op
+        assert torch.equal(a, b) and b.dtype == torch.float32

@@ -50,9 +50,10 @@ from .generator import ConditionalGenerator, draw_latent
 __all__ = ["sample_cdal", "sample_cdal_ensemble", "summarise_samples", "nearest_time_map", "ddpm_sample_same_net",
            "SamplerPlan", "default_plan", "cpu_supports_bf16", "attention_extent", "posterior_coefficients"]
 
-#: pixels per generator call on a CPU: small batches keep the activations in the core's caches (measured in
-#: ``benchmarks/cdal_inference.py``: 4 chains of 64 x 64 are ~1.5x cheaper per chain than 80)
-CPU_BATCH_PIXELS = 4 * 64 * 64
+#: pixels per generator call on a CPU: 16 chains of 64 x 64. Measured in ``benchmarks/cdal_inference.py``
+#: (CPU seconds per image, fp32 channels-last): 1 chain per call pays the per-operation overhead ~330 times
+#: per chain, 80 chains spill the activations out of the core's caches; 16 was the cheapest
+CPU_BATCH_PIXELS = 16 * 64 * 64
 #: pixels per generator call on an accelerator: large batches (256 chains of 64 x 64, 16 of 256 x 256)
 ACCELERATOR_BATCH_PIXELS = 256 * 64 * 64
 
@@ -180,8 +181,9 @@ class SamplerPlan:
 def default_plan(device: torch.device) -> SamplerPlan:
     """The plan for ``device``: fp32 and cache-sized batches on a CPU; mixed precision (bf16 where supported,
     else fp16) and large batches on an accelerator; channels-last on both. Chosen from
-    ``benchmarks/cdal_inference.py`` (see ``benchmarks/README.md``): on the project's CPU bf16 autocast was no
-    faster than fp32 channels-last and changes the predictions, so the CPU stays fp32."""
+    ``benchmarks/cdal_inference.py`` (see ``benchmarks/README.md``): on the project's CPU (native bf16) bf16
+    autocast was no faster than fp32 channels-last and changes the predictions, so the CPU stays fp32;
+    ``torch.compile`` gave no gain there and took minutes to compile, so it is not used."""
     if device.type == "cpu":
         return SamplerPlan(CPU_BATCH_PIXELS, True, "fp32")
     return SamplerPlan(ACCELERATOR_BATCH_PIXELS, True, "bf16" if _accelerator_supports_bf16(device) else "fp16")

@@ -39,7 +39,7 @@ from ..schedule import ddpm_linear_schedule, linear_betas, q_sample
 from .backbone import freeze
 
 __all__ = ["ADM_STEPS", "EXTRACT_BATCH_PIXELS", "ddpm_signal_levels", "DecoderBlock", "decoder_blocks", "select_blocks_by_resolution",
-           "DiffusionFeatureExtractor"]
+           "DiffusionFeatureExtractor", "accelerator_autocast_dtype"]
 
 #: length of the linear schedule the backbone is trained and read on (ADM-256, TextDiff: 1000 steps)
 ADM_STEPS = 1000
@@ -124,6 +124,18 @@ def select_blocks_by_resolution(unet: nn.Module, image_size: int | None = None,
 # ---------------------------------------------------------------------------------------------
 # Feature extraction and cache
 # ---------------------------------------------------------------------------------------------
+def accelerator_autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed precision for the frozen U-Net on ``device``: bf16 where the accelerator supports it, else fp16;
+    ``None`` (fp32) on a CPU."""
+    if device.type == "cpu":
+        return None
+    check = getattr(getattr(torch, device.type, None), "is_bf16_supported", None)   # torch.<backend>
+    try:
+        return torch.bfloat16 if check is not None and check() else torch.float16
+    except Exception:
+        return torch.float16
+
+
 class DiffusionFeatureExtractor:
     """Frozen diffusion U-Net + forward hooks -> multi-scale features of images.
 
@@ -137,10 +149,14 @@ class DiffusionFeatureExtractor:
         batch_pixels: image pixels per U-Net pass (default: four 256 x 256 images). Every noise level of an
             image goes into the same pass, and as many images as fit; more images are processed in several
             passes, so the U-Net's activation memory is bounded whatever the number of images.
+        autocast_dtype: ``None`` (fp32), or ``torch.bfloat16`` / ``torch.float16`` to run the frozen U-Net under
+            autocast on an accelerator (:func:`accelerator_autocast_dtype`; features are returned in fp32 and the
+            same extractor serves training and inference, so the head sees one kind of feature). Ignored on a CPU.
     """
 
     def __init__(self, unet: nn.Module, timesteps: Sequence[int] = (50, 150, 250), blocks: Sequence[int] | None = None,
-                 noise_seed: int = 0, batch_pixels: int = EXTRACT_BATCH_PIXELS) -> None:
+                 noise_seed: int = 0, batch_pixels: int = EXTRACT_BATCH_PIXELS,
+                 autocast_dtype: torch.dtype | None = None) -> None:
         self.unet = freeze(unet)
         self.timesteps = tuple(int(t) for t in timesteps)
         self.schedule = ddpm_linear_schedule(ADM_STEPS)  # the backbone's forward process (TextDiff Eq. 1-2)
@@ -153,6 +169,7 @@ class DiffusionFeatureExtractor:
         if batch_pixels < 1:
             raise ValueError(f"DiffusionFeatureExtractor: batch_pixels must be >= 1, got {batch_pixels}")
         self.batch_pixels = int(batch_pixels)
+        self.autocast_dtype = autocast_dtype
         self.in_channels = int(unet.in_channels)
         self.levels = len(unet.block_out_channels)
         self._noise: dict[tuple[int, ...], torch.Tensor] = {}
@@ -223,7 +240,11 @@ class DiffusionFeatureExtractor:
         handles = [self.all_blocks[b].module.register_forward_hook(
             lambda _m, _i, out, b=b: grabbed.__setitem__(b, out)) for b in self.blocks]
         try:
-            self.unet(xt, t)
+            if self.autocast_dtype is not None and device.type != "cpu":
+                with torch.autocast(device.type, dtype=self.autocast_dtype):
+                    self.unet(xt, t)
+            else:
+                self.unet(xt, t)
         finally:
             for h in handles:
                 h.remove()

@@ -34,7 +34,7 @@ from ..methods.base import MethodOption, SegMethod
 from .backbone import BACKBONE_FILE, load_backbone
 from .cache import FeatureCache, image_key
 from .config import TextDiffConfig
-from .features import DiffusionFeatureExtractor, select_blocks_by_resolution
+from .features import DiffusionFeatureExtractor, accelerator_autocast_dtype, select_blocks_by_resolution
 from .head import TextDiffModel, ce_dice_loss
 from .pretrain import pretrain_ddpm
 
@@ -158,7 +158,8 @@ class TextDiffMethod(SegMethod):
     # ---- frozen parts --------------------------------------------------------------------
     def _setup_frozen(self, unet: nn.Module) -> None:
         blocks = select_blocks_by_resolution(unet, self.model_cfg.image_size, self.model_cfg.block_fractions)
-        self.extractor = DiffusionFeatureExtractor(unet.to(self.device), self.model_cfg.timesteps, blocks, self.model_cfg.noise_seed)
+        self.extractor = DiffusionFeatureExtractor(unet.to(self.device), self.model_cfg.timesteps, blocks, self.model_cfg.noise_seed,
+                                                   autocast_dtype=accelerator_autocast_dtype(self.device))
         if self.model_cfg.use_text and self.text_encoder is None:
             from .text import load_text_encoder
 
@@ -261,6 +262,7 @@ class TextDiffMethod(SegMethod):
             "text_encoder_loaded": self.text_encoder.name if self.text_encoder is not None else None,
             "blocks": ex.blocks if ex else None, "block_fractions": ex.fractions() if ex else None,
             "feature_dims": ex.feature_dims() if ex else None,
+            "feature_precision": self._feature_precision(),
             "train_text": dict(self.train_text) if self.model_cfg.use_text else None,
             "timings": dict(self.timings),
         }
@@ -344,6 +346,17 @@ class TextDiffMethod(SegMethod):
 
     def inference_roi(self) -> int | None:
         return None
+
+    def _feature_precision(self) -> str:
+        dt = self.extractor.autocast_dtype if self.extractor is not None and self.device.type != "cpu" else None
+        return {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}.get(dt, "fp32")
+
+    def inference_note(self) -> str:
+        """How the frozen backbone ran, for the protocol sentence (precision, images per U-Net pass)."""
+        s = self.model_cfg.image_size
+        per = self.extractor.images_per_pass(s, s) if self.extractor is not None else 1
+        return (f"TextDiff features: {self._feature_precision()}, {len(self.model_cfg.timesteps)} noise levels and up to "
+                f"{per} images per backbone pass.")
 
     def trainable_report(self) -> dict[str, int]:
         """Trainable parameters per part (the paper counts only these: 9.68 M at its config)."""
