@@ -163,3 +163,19 @@ def test_attention_extent_grows_with_the_window():
     assert attention_extent(G, 512, 512) == {"middle (level 2)": 16384}
     Gg = build_generator(CDALConfig.for_preset("gpu", "monuseg"), 1, 3)
     assert attention_extent(Gg, 256, 256) == {"level 4": 256, "middle (level 4)": 256}
+
+
+def test_cpu_workers_give_the_same_samples_and_restore_the_thread_count():
+    G, sched, img = _g(), vp_schedule(4), torch.randn(6, 3, 32, 32)
+    threads = torch.get_num_threads()
+    one = sample_cdal_ensemble(G, sched, img, 3, generator=torch.Generator().manual_seed(2),
+                               plan=SamplerPlan(2 * 32 * 32, True, workers=1))
+    two = sample_cdal_ensemble(G, sched, img, 3, generator=torch.Generator().manual_seed(2),
+                               plan=SamplerPlan(2 * 32 * 32, True, workers=2))
+    torch.testing.assert_close(two["samples"], one["samples"], atol=2e-5, rtol=0)
+    assert torch.get_num_threads() == threads
+    assert two["plan"].workers == 2 and "2 workers x 1 thread" in two["plan"].describe(32, 32)
+    assert SamplerPlan(workers=None).resolved(torch.device("cpu")).workers == max(1, threads)
+    assert default_plan(torch.device("meta")).resolved(torch.device("meta")).workers == 1
+    with pytest.raises(ValueError, match="workers"):
+        SamplerPlan(workers=0)

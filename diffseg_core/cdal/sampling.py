@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import torch
@@ -148,6 +149,12 @@ class SamplerPlan:
     * ``channels_last``: run G in the NHWC layout (G's weights are converted for the call and converted back).
     * ``precision``: 'fp32', or 'bf16' / 'fp16' autocast (GroupNorm, softmax and the posterior stay fp32).
       Mixed precision changes the predictions slightly; 'bf16' on a CPU without native bf16 falls back to fp32.
+    * ``workers`` (CPU only): chain batches run concurrently on this many threads, each with one intra-op
+      thread (``None``: ``torch.get_num_threads()``; 1: one batch at a time with PyTorch's own threading). On
+      the small tensors of a chain batch, splitting every operation over the cores costs a synchronisation
+      per operation (~330 per generator call); whole batches per core do not, and they keep working when the
+      cores are shared with other jobs (OpenMP threads then wait for each other, see ``benchmarks/README.md``).
+      PyTorch's thread count is set to 1 for the call and restored afterwards.
 
     With ``precision='fp32'`` the samples equal :func:`sample_cdal`'s up to float rounding (the order of
     additions inside a convolution may depend on the layout and batch size): same random numbers, same steps.
@@ -156,26 +163,33 @@ class SamplerPlan:
     batch_pixels: int = CPU_BATCH_PIXELS
     channels_last: bool = True
     precision: str = "fp32"
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in _PRECISIONS:
             raise ValueError(f"SamplerPlan: precision must be one of {sorted(_PRECISIONS)}, got {self.precision!r}")
         if self.batch_pixels < 1:
             raise ValueError(f"SamplerPlan: batch_pixels must be >= 1, got {self.batch_pixels}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"SamplerPlan: workers must be >= 1 or None, got {self.workers}")
 
     def chains_per_batch(self, h: int, w: int) -> int:
         return max(1, self.batch_pixels // (h * w))
 
     def resolved(self, device: torch.device) -> "SamplerPlan":
-        """The plan as it runs on ``device``: bf16 on a CPU without native support and fp16 on a CPU become fp32."""
-        if device.type == "cpu" and (self.precision == "fp16" or (self.precision == "bf16" and not cpu_supports_bf16())):
-            return SamplerPlan(self.batch_pixels, self.channels_last, "fp32")
-        return self
+        """The plan as it runs on ``device``: bf16 on a CPU without native support and fp16 on a CPU become fp32;
+        ``workers`` becomes a number (1 on an accelerator)."""
+        precision = self.precision
+        if device.type == "cpu" and (precision == "fp16" or (precision == "bf16" and not cpu_supports_bf16())):
+            precision = "fp32"
+        workers = 1 if device.type != "cpu" else (self.workers or max(1, torch.get_num_threads()))
+        return replace(self, precision=precision, workers=workers)
 
     def describe(self, h: int | None = None, w: int | None = None) -> str:
-        """For the protocol sentence, e.g. 'fp32, channels-last, 4 chains per generator call'."""
+        """For the protocol sentence, e.g. 'fp32, channels-last, 16 chains per generator call, 2 workers x 1 thread'."""
         per = f"{self.chains_per_batch(h, w)} chains" if h and w else f"{self.batch_pixels:,} pixels"
-        return f"{self.precision}, {'channels-last' if self.channels_last else 'NCHW'}, {per} per generator call"
+        par = f", {self.workers} workers x 1 thread" if self.workers and self.workers > 1 else ""
+        return f"{self.precision}, {'channels-last' if self.channels_last else 'NCHW'}, {per} per generator call{par}"
 
 
 def default_plan(device: torch.device) -> SamplerPlan:
@@ -185,8 +199,8 @@ def default_plan(device: torch.device) -> SamplerPlan:
     autocast was no faster than fp32 channels-last and changes the predictions, so the CPU stays fp32;
     ``torch.compile`` gave no gain there and took minutes to compile, so it is not used."""
     if device.type == "cpu":
-        return SamplerPlan(CPU_BATCH_PIXELS, True, "fp32")
-    return SamplerPlan(ACCELERATOR_BATCH_PIXELS, True, "bf16" if _accelerator_supports_bf16(device) else "fp16")
+        return SamplerPlan(CPU_BATCH_PIXELS, True, "fp32", workers=None)
+    return SamplerPlan(ACCELERATOR_BATCH_PIXELS, True, "bf16" if _accelerator_supports_bf16(device) else "fp16", workers=1)
 
 
 def attention_extent(G: ConditionalGenerator, h: int, w: int) -> dict[str, int]:
@@ -256,8 +270,9 @@ def sample_cdal_ensemble(G: ConditionalGenerator, sched: Schedule, image: torch.
        generator's state at the call, as if :func:`sample_cdal` had been called on each group with a freshly
        seeded generator; predictions then do not depend on how many tiles arrive per call);
     3. the N x B chains run in batches of ``plan.chains_per_batch(H, W)``, all T steps of a batch before the
-       next one (its activations stay in cache), the posterior step (Eq. 3) with precomputed float
-       coefficients: no host <-> device traffic and no synchronisation inside the loop;
+       next one (its activations stay in cache), on a CPU one batch per core (``plan.workers``), the
+       posterior step (Eq. 3) with precomputed float coefficients: no host <-> device traffic and no
+       synchronisation inside the loop;
     4. layout and precision follow ``plan`` (default: :func:`default_plan` for ``image``'s device).
 
     Args and returns as :func:`sample_cdal` (no trajectory); the result also holds ``plan`` (the plan as run).
@@ -298,16 +313,17 @@ def sample_cdal_ensemble(G: ConditionalGenerator, sched: Schedule, image: torch.
     times = [torch.full((chunk,), code_t, dtype=torch.long, device=device) for code_t in reversed(range(T))]
 
     out = torch.empty_like(x_all)
-    with _layout(G, plan.channels_last), torch.inference_mode():
-        autocast = (torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext())
-        with autocast:
-            feats = G.encode(image.contiguous(memory_format=fmt))         # 1. once per image
-        for c0 in range(0, n * b, chunk):                                  # 3. chain batches
-            c1 = min(n * b, c0 + chunk)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+
+    def run_batch(c0: int) -> None:                    # all T steps of chains c0..c1 (grad mode is per thread)
+        c1 = min(n * b, c0 + chunk)
+        with torch.inference_mode():
             f = feats[member_image[c0:c1]].contiguous(memory_format=fmt)
             x = x_all[c0:c1].contiguous(memory_format=fmt)
             for s, code_t in enumerate(reversed(range(T))):
-                with autocast:
+                with autocast():
                     x0_hat = G(x, times[s][:c1 - c0], z=None if z_all[s] is None else z_all[s][c0:c1],
                                image_features=f).float()
                 a, c, sd = coefs[code_t]
@@ -315,6 +331,23 @@ def sample_cdal_ensemble(G: ConditionalGenerator, sched: Schedule, image: torch.
                 if sd:
                     x = x + sd * e_all[s][c0:c1]
             out[c0:c1] = x
+
+    starts = list(range(0, n * b, chunk))
+    workers = min(plan.workers or 1, len(starts))
+    with _layout(G, plan.channels_last):
+        with torch.inference_mode(), autocast():
+            feats = G.encode(image.contiguous(memory_format=fmt))         # 1. once per image
+        if workers > 1:                                                    # 3. chain batches, one per core
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                with ThreadPoolExecutor(workers) as pool:
+                    list(pool.map(run_batch, starts))
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            for c0 in starts:
+                run_batch(c0)
     res: dict[str, Any] = summarise_samples(out.view(n, b, cl, h, w))
     res["nfe"] = n * T
     res["plan"] = plan
