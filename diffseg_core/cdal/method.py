@@ -156,10 +156,11 @@ class CDALMethod(SegMethod):
         return self.cfg.data.crop
 
     def inference_batch(self) -> int:
-        """Tiles per :meth:`predict` call in the sliding window: enough for a whole working-size image (64 tiles
-        of 64 px at 512 px) within a bound of 2**22 tile pixels; the sampler batches them for the device."""
+        """Tiles per :meth:`predict` call in the sliding window: a whole working-size image at once (64 tiles of
+        64 px at 512 px), within 2**20 tile pixels per call (~190 MB of pre-drawn noise, features and samples
+        with 5 members x T = 4); the sampler then batches the chains for the device."""
         crop = self.cfg.data.crop
-        return max(SEED_GROUP, (2**22 // (crop * crop)) // SEED_GROUP * SEED_GROUP)
+        return max(SEED_GROUP, (2**20 // (crop * crop)) // SEED_GROUP * SEED_GROUP)
 
     def inference_note(self) -> str:
         """How inference ran, for the protocol sentence (precision, layout, batching, seeding)."""
