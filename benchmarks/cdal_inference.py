@@ -78,7 +78,9 @@ def baseline_sample_cdal(G, sched, image, n_samples=5, use_latent=True, generato
 def baseline_predict(method, image):
     gen = torch.Generator(device=image.device)
     gen.manual_seed(int(method.cfg.seed))
-    r = baseline_sample_cdal(method.nets["G"], method.sched, normalize_image(image.float(), method.model_cfg.image_norm),
+    # the one post-merge change: sample the generator predict samples (the EMA copy when the run keeps one, as
+    # main's predict does), so both paths use the same weights; the sampling itself is the first implementation
+    r = baseline_sample_cdal(method.sampling_generator(), method.sched, normalize_image(image.float(), method.model_cfg.image_norm),
                              n_samples=method.n_ensemble, use_latent=method.model_cfg.use_latent, generator=gen)
     return x0_to_probs(r["mean"] * 2.0 - 1.0)
 

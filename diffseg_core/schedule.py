@@ -1,4 +1,4 @@
-"""Noise schedules, the forward process and the DDPM posterior (cDAL Eq. 1-3; book/decisions.md).
+"""Noise schedules, the forward process and the DDPM posterior (book/decisions.md; chapter 03).
 
 Time indexing (book/decisions.md, decision D13)
 --------------------------------------------
@@ -11,13 +11,18 @@ We keep the official code's indexing, which is off by one from the paper:
 * the generator and the discriminator both receive the integer code_t as their time input;
 * sampling runs code_t = T-1, ..., 0, turning level t+1 into level t.
 
-Equations (paper numbering, cDAL MICCAI 2024)
----------------------------------------------
-* Eq. 1, forward step:  q(x_k | x_{k-1}) = N( sqrt(1 - beta_k) x_{k-1}, beta_k I ).
-* Eq. 2, marginal:      q(x_k | x_0) = N( sqrt(abar_k) x_0, (1 - abar_k) I ),  abar_k = prod_{j<=k} (1 - beta_j).
-  The paper prints the noise coefficient as (1 - abar); that is a typo (D11): the standard deviation is
-  sqrt(1 - abar), which is what the code and this module use.
-* Eq. 3, posterior:     q(x_{k-1} | x_k, x_0) = N( c1 x_0 + c2 x_k, beta~_k I ) with
+Equations and where the papers number them
+------------------------------------------
+cDAL (MICCAI 2024) numbers four equations: (1) the reverse joint, (2) p_theta(x_{t-1} | x_t) defined
+through the posterior q(x_{t-1} | x_t, x_0 = G(x_t, t, I, z)), (3) the marginal of that step over the
+latent z, (4) the MSE objective. It states the forward process **without a number**; the closed forms
+below are DDPM's (Ho et al. 2020, Eq. 2, 4 and 6-7). TextDiff numbers the forward step as its Eq. 1.
+
+* forward step (DDPM Eq. 2, TextDiff Eq. 1): q(x_k | x_{k-1}) = N( sqrt(1 - beta_k) x_{k-1}, beta_k I ).
+* marginal (DDPM Eq. 4; unnumbered in cDAL): q(x_k | x_0) = N( sqrt(abar_k) x_0, (1 - abar_k) I ),
+  abar_k = prod_{j<=k} (1 - beta_j). cDAL prints the noise coefficient as (1 - abar); that is a typo (D11):
+  the standard deviation is sqrt(1 - abar), which is what the code and this module use.
+* posterior (DDPM Eq. 6-7; inside cDAL Eq. 2): q(x_{k-1} | x_k, x_0) = N( c1 x_0 + c2 x_k, beta~_k I ) with
   c1 = beta_k sqrt(abar_{k-1}) / (1 - abar_k),  c2 = (1 - abar_{k-1}) sqrt(1 - beta_k) / (1 - abar_k),
   beta~_k = beta_k (1 - abar_{k-1}) / (1 - abar_k).
   In code time the posterior for ``t`` is that of level k = t + 1, so c1(t=0) = 1, c2(t=0) = 0 and
@@ -55,10 +60,10 @@ class Schedule:
     Over the T+1 levels 0..T (index = level):
 
     * ``betas`` (T+1,): beta_k, with the dummy beta_0 = 1e-8;
-    * ``alphas_cumprod`` (T+1,): abar_k = prod_{j<=k} (1 - beta_j) (Eq. 2);
+    * ``alphas_cumprod`` (T+1,): abar_k = prod_{j<=k} (1 - beta_j) (the marginal, DDPM Eq. 4);
     * ``sqrt_alphas_cumprod``, ``sqrt_one_minus_alphas_cumprod`` (T+1,): the marginal's mean factor and std.
 
-    Over the T code times 0..T-1 (index = code_t, i.e. level code_t + 1 -> level code_t, Eq. 3):
+    Over the T code times 0..T-1 (index = code_t, i.e. level code_t + 1 -> level code_t; the posterior):
 
     * ``posterior_coef_x0`` (T,) c1, ``posterior_coef_xt`` (T,) c2;
     * ``posterior_variance`` (T,) beta~ and ``posterior_log_variance_clipped`` (T,) log(max(beta~, 1e-20)).
@@ -100,8 +105,8 @@ def _from_betas(betas_1_to_T: torch.Tensor, name: str) -> Schedule:
     if not bool(((b > 0) & (b < 1)).all()):
         raise ValueError(f"schedule {name}: every beta must lie in (0, 1), got {b.tolist()}")
     betas = torch.cat([torch.tensor([DUMMY_BETA0], dtype=torch.float64), b])        # (T+1,)
-    abar = torch.cumprod(1.0 - betas, 0)                                              # Eq. 2: abar_k
-    # posterior of level k = t+1 given level k and x0 (Eq. 3); official code builds it on betas 1..T only
+    abar = torch.cumprod(1.0 - betas, 0)                                              # abar_k (marginal)
+    # posterior of level k = t+1 given level k and x0 (posterior); official code builds it on betas 1..T only
     abar_post = torch.cumprod(1.0 - b, 0)                                             # abar over betas 1..T
     abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar_post[:-1]])
     var = b * (1.0 - abar_prev) / (1.0 - abar_post)                                   # beta~ = beta (1-abar_prev)/(1-abar)
@@ -167,7 +172,7 @@ def extract(table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.T
 
 
 def q_sample(sched: Schedule, x0: torch.Tensor, level: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Draw x at noise level ``level`` from q(x_k | x0) (Eq. 2, with the sqrt typo corrected, D11).
+    """Draw x at noise level ``level`` from q(x_k | x0) (DDPM Eq. 4; unnumbered in cDAL; typo corrected, D11).
 
     ``x_k = sqrt(abar_k) x0 + sqrt(1 - abar_k) eps``. ``x0`` (B, C, H, W), ``level`` (B,) int in 0..T.
     Returns (B, C, H, W).
@@ -180,7 +185,7 @@ def q_sample_pairs(sched: Schedule, x0: torch.Tensor, t: torch.Tensor,
                    noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A training pair (x at level t, x at level t+1) for code time ``t`` (book/decisions.md).
 
-    x_t ~ q(x_t | x0) (Eq. 2), then one more forward step (Eq. 1):
+    x_t ~ q(x_t | x0) (the marginal), then one more forward step (DDPM Eq. 2, TextDiff Eq. 1):
     ``x_{t+1} = sqrt(1 - beta_{t+1}) x_t + sqrt(beta_{t+1}) eps'``, both noises fresh and independent.
     ``x0`` (B, C, H, W), ``t`` (B,) int in 0..T-1. Returns ``(x_t, x_tp1)``, both (B, C, H, W).
     """
@@ -189,13 +194,13 @@ def q_sample_pairs(sched: Schedule, x0: torch.Tensor, t: torch.Tensor,
     e1, e2 = noise if noise is not None else (torch.randn_like(x0), torch.randn_like(x0))
     x_t = q_sample(sched, x0, t, e1)
     beta = extract(sched.betas, t + 1, x0)
-    x_tp1 = torch.sqrt(1.0 - beta) * x_t + torch.sqrt(beta) * e2                        # Eq. 1
+    x_tp1 = torch.sqrt(1.0 - beta) * x_t + torch.sqrt(beta) * e2                        # forward step
     return x_t, x_tp1
 
 
 def posterior_mean_variance(sched: Schedule, x0: torch.Tensor, x_tp1: torch.Tensor,
                             t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean, variance and clipped log-variance of q(x_t | x_{t+1}, x0) (Eq. 3) at code time ``t``.
+    """Mean, variance and clipped log-variance of q(x_t | x_{t+1}, x0) (DDPM Eq. 6-7) at code time ``t``.
 
     ``mean = c1 x0 + c2 x_{t+1}`` (B, C, H, W); ``var`` and ``log_var`` are (B, 1, 1, 1).
     """
@@ -207,7 +212,9 @@ def posterior_mean_variance(sched: Schedule, x0: torch.Tensor, x_tp1: torch.Tens
 
 def sample_posterior(sched: Schedule, x0: torch.Tensor, x_tp1: torch.Tensor, t: torch.Tensor,
                      noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Draw x_t ~ q(x_t | x_{t+1}, x0) (Eq. 3); **no noise is added at code time 0**.
+    """Draw x_t ~ q(x_t | x_{t+1}, x0) (DDPM Eq. 6-7); **no noise is added at code time 0**.
+
+    With x0 = G's prediction this is the reverse step of cDAL Eq. 2.
 
     ``x0``, ``x_tp1`` (B, C, H, W), ``t`` (B,) int in 0..T-1. Returns (B, C, H, W). At t = 0 this returns
     ``x0`` exactly (c1 = 1, c2 = 0), so the sampler's final output is the generator's last x0 prediction.

@@ -2,9 +2,10 @@
 sampler on the same network.
 
 x_T ~ N(0, I); for code_t = T-1..0 draw a fresh z, predict x0_hat = G(x_{t+1}, t, I, z) and draw x_t from
-the posterior q(x_t | x_{t+1}, x0_hat) (cDAL Eq. 2). No noise is added at t = 0, so the output is the last
-x0 prediction. An ensemble of ``n_samples`` chains is mapped to [0, 1] by (x + 1)/2, averaged and
-thresholded at 0.5 (multiclass: argmax); the per-pixel variance over the ensemble is the uncertainty map
+the posterior q(x_t | x_{t+1}, x0_hat) (cDAL Eq. 2; a fresh z per step samples the marginal over z, cDAL
+Eq. 3). No noise is added at t = 0, so the output is the last x0 prediction. An ensemble of ``n_samples``
+chains is mapped to [0, 1] by (x + 1)/2, averaged and thresholded at 0.5 (multiclass: argmax); the
+per-pixel variance over the ensemble is the uncertainty map
 (decision D9 for the ensemble size). Images larger than the training crop are tiled by the shared
 sliding-window evaluation (:mod:`diffseg_core.evaluate`).
 
@@ -82,7 +83,8 @@ def sample_cdal(G: ConditionalGenerator, sched: Schedule, image: torch.Tensor, n
     """Algorithm 2: ``n_samples`` T-step reverse chains per image, summarised.
 
     Args:
-        image: G's conditioning input (B, Ci, H, W), **already normalised** (:func:`normalize_image`).
+        image: G's conditioning input (B, Ci, H, W), **already normalised** (:func:`normalize_image`);
+            a 3-D generator takes volumes (B, Ci, D, H, W) and every output gains the same axis.
         n_samples: ensemble size (5 in the paper, D9); members are run as one batch of N*B.
         use_latent: draw a fresh z ~ N(0, I) at every step (False: z = 0).
         generator: optional ``torch.Generator`` on ``image``'s device for reproducible noise.
@@ -95,10 +97,11 @@ def sample_cdal(G: ConditionalGenerator, sched: Schedule, image: torch.Tensor, n
     """
     if n_samples < 1:
         raise ValueError(f"sample_cdal: n_samples must be >= 1, got {n_samples}")
-    b, _, h, w = image.shape
+    b, spatial = image.shape[0], tuple(image.shape[2:])
     n = n_samples
-    feats = G.encode(image).repeat(n, 1, 1, 1)                        # (N*B, nf, H, W): once, member-major
-    x = torch.randn(n * b, G.label_channels, h, w, device=image.device, dtype=image.dtype, generator=generator)
+    feats = G.encode(image)                                            # once per image: (B, nf, *S)
+    feats = feats.repeat(n, *([1] * (feats.ndim - 1)))                 # (N*B, nf, *S), member-major
+    x = torch.randn(n * b, G.label_channels, *spatial, device=image.device, dtype=image.dtype, generator=generator)
     traj = []
     x0_hat = x
     for code_t in reversed(range(sched.T)):
@@ -175,23 +178,27 @@ class SamplerPlan:
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"SamplerPlan: workers must be >= 1 or None, got {self.workers}")
 
-    def chains_per_batch(self, h: int, w: int) -> int:
-        return max(1, self.batch_pixels // (h * w))
+    def chains_per_batch(self, *spatial: int) -> int:
+        """Chains per generator call for chains of spatial size ``spatial`` (H, W) or (D, H, W)."""
+        return max(1, self.batch_pixels // math.prod(spatial))
 
-    def resolved(self, device: torch.device) -> "SamplerPlan":
+    def resolved(self, device: torch.device, spatial_dims: int = 2) -> "SamplerPlan":
         """The plan as it runs on ``device``: bf16 on a CPU without native support and fp16 on a CPU become fp32;
-        ``workers`` becomes a number (1 on an accelerator)."""
+        ``workers`` becomes a number (1 on an accelerator); ``channels_last`` is dropped for 3-D generators
+        (``spatial_dims=3``: NCDHW; the channels-last choice was measured on 2-D tiles only)."""
         precision = self.precision
         if device.type == "cpu" and (precision == "fp16" or (precision == "bf16" and not cpu_supports_bf16())):
             precision = "fp32"
         workers = 1 if device.type != "cpu" else (self.workers or max(1, torch.get_num_threads()))
-        return replace(self, precision=precision, workers=workers)
+        return replace(self, precision=precision, workers=workers, channels_last=self.channels_last and spatial_dims == 2)
 
-    def describe(self, h: int | None = None, w: int | None = None) -> str:
-        """For the protocol sentence, e.g. 'fp32, channels-last, 16 chains per generator call, 2 workers x 1 thread'."""
-        per = f"{self.chains_per_batch(h, w)} chains" if h and w else f"{self.batch_pixels:,} pixels"
+    def describe(self, *spatial: int) -> str:
+        """For the protocol sentence, e.g. 'fp32, channels-last, 16 chains per generator call, 2 workers x 1 thread'
+        (``spatial``: a chain's (H, W) or (D, H, W); without it the pixel budget is named)."""
+        per = f"{self.chains_per_batch(*spatial)} chains" if spatial and all(spatial) else f"{self.batch_pixels:,} pixels"
         par = f", {self.workers} workers x 1 thread" if self.workers and self.workers > 1 else ""
-        return f"{self.precision}, {'channels-last' if self.channels_last else 'NCHW'}, {per} per generator call{par}"
+        layout = "channels-last" if self.channels_last else ("NCDHW" if len(spatial) == 3 else "NCHW")
+        return f"{self.precision}, {layout}, {per} per generator call{par}"
 
 
 def default_plan(device: torch.device) -> SamplerPlan:
@@ -251,9 +258,8 @@ def _layout(G: nn.Module, channels_last: bool) -> Iterator[None]:
 def _draw_stream(G: ConditionalGenerator, n: int, b: int, T: int, like: torch.Tensor, use_latent: bool,
                  generator: torch.Generator | None) -> tuple[torch.Tensor, list[Any], list[torch.Tensor]]:
     """The random numbers of :func:`sample_cdal` for ``b`` images, drawn in its order:
-    x_T (N*b, Cl, H, W), then per step z (N*b, nz) or None and the posterior noise (N*b, Cl, H, W)."""
-    h, w = like.shape[-2:]
-    x = torch.randn(n * b, G.label_channels, h, w, device=like.device, dtype=like.dtype, generator=generator)
+    x_T (N*b, Cl, *S), then per step z (N*b, nz) or None and the posterior noise (N*b, Cl, *S)."""
+    x = torch.randn(n * b, G.label_channels, *like.shape[2:], device=like.device, dtype=like.dtype, generator=generator)
     zs, eps = [], []
     for _ in range(T):
         zs.append(draw_latent(G, n * b, use_latent, like, generator))
@@ -278,21 +284,26 @@ def sample_cdal_ensemble(G: ConditionalGenerator, sched: Schedule, image: torch.
     4. layout and precision follow ``plan`` (default: :func:`default_plan` for ``image``'s device).
 
     Args and returns as :func:`sample_cdal` (no trajectory); the result also holds ``plan`` (the plan as run).
+    A 3-D generator (``G.spatial_dims == 3``) takes volumes (B, Ci, D, H, W) and runs in NCDHW (the plan's
+    ``channels_last`` applies to 2-D only, :meth:`SamplerPlan.resolved`).
     With ``plan.precision == 'fp32'`` the samples equal :func:`sample_cdal`'s (same generator state, no
     ``seed_group``) up to float rounding.
     """
     if n_samples < 1:
         raise ValueError(f"sample_cdal_ensemble: n_samples must be >= 1, got {n_samples}")
-    if image.ndim != 4:
-        raise ValueError(f"sample_cdal_ensemble: image must be (B, Ci, H, W), got {tuple(image.shape)}")
+    dims = getattr(G, "spatial_dims", 2)
+    if image.ndim != 2 + dims:
+        axes = "H, W" if dims == 2 else "D, H, W"
+        raise ValueError(f"sample_cdal_ensemble: image must be (B, Ci, {axes}) for this {dims}-D generator, "
+                         f"got {tuple(image.shape)}")
     if seed_group is not None and (seed_group < 1 or generator is None):
         raise ValueError("sample_cdal_ensemble: seed_group needs a positive size and a torch.Generator to re-start")
     device = image.device
-    plan = (plan or default_plan(device)).resolved(device)
-    b, _, h, w = image.shape
+    plan = (plan or default_plan(device)).resolved(device, dims)
+    b, spatial = image.shape[0], tuple(image.shape[2:])
     n, T, cl = n_samples, sched.T, G.label_channels
     coefs = posterior_coefficients(sched)
-    chunk = plan.chains_per_batch(h, w)
+    chunk = plan.chains_per_batch(*spatial)
     amp = _PRECISIONS[plan.precision]
     fmt = torch.channels_last if plan.channels_last else torch.contiguous_format
 
@@ -304,13 +315,13 @@ def sample_cdal_ensemble(G: ConditionalGenerator, sched: Schedule, image: torch.
         if start_state is not None:
             generator.set_state(start_state)
         x, z, e = _draw_stream(G, n, hi - lo, T, image[lo:hi], use_latent, generator)
-        xs.append(x.view(n, hi - lo, cl, h, w))
+        xs.append(x.view(n, hi - lo, cl, *spatial))
         for s in range(T):
             zs[s].append(None if z[s] is None else z[s].view(n, hi - lo, -1))
-            es[s].append(e[s].view(n, hi - lo, cl, h, w))
-    x_all = torch.cat(xs, dim=1).reshape(n * b, cl, h, w)
+            es[s].append(e[s].view(n, hi - lo, cl, *spatial))
+    x_all = torch.cat(xs, dim=1).reshape(n * b, cl, *spatial)
     z_all = [None if zs[s][0] is None else torch.cat(zs[s], dim=1).reshape(n * b, -1) for s in range(T)]
-    e_all = [torch.cat(es[s], dim=1).reshape(n * b, cl, h, w) for s in range(T)]
+    e_all = [torch.cat(es[s], dim=1).reshape(n * b, cl, *spatial) for s in range(T)]
     member_image = torch.arange(n * b, device=device) % b                 # chain c = m * B + i sees image i
     times = [torch.full((chunk,), code_t, dtype=torch.long, device=device) for code_t in reversed(range(T))]
 
@@ -350,7 +361,7 @@ def sample_cdal_ensemble(G: ConditionalGenerator, sched: Schedule, image: torch.
         else:
             for c0 in starts:
                 run_batch(c0)
-    res: dict[str, Any] = summarise_samples(out.view(n, b, cl, h, w))
+    res: dict[str, Any] = summarise_samples(out.view(n, b, cl, *spatial))
     res["nfe"] = n * T
     res["plan"] = plan
     return res
@@ -373,7 +384,7 @@ def ddpm_sample_same_net(G: ConditionalGenerator, image: torch.Tensor, T: int = 
     """Many-step ancestral sampler with the **same** x0-predicting network (the speed comparison, D22).
 
     The T-step DDPM linear schedule (SegDiff: T = 100, beta 1e-3 -> 0.2) drives the chain; at each step G's
-    x0 prediction is plugged into that schedule's posterior (Eq. 3). G only knows its own code times, so step
+    x0 prediction is plugged into that schedule's posterior (DDPM Eq. 6-7). G only knows its own code times, so step
     t is given the network code time whose noise level is closest (:func:`nearest_time_map`). The point is
     the cost: T network evaluations per sample instead of cDAL's 2-4. Like :func:`sample_cdal` it encodes the
     image once. Returns the keys of :func:`sample_cdal` (no trajectory).
@@ -381,10 +392,11 @@ def ddpm_sample_same_net(G: ConditionalGenerator, image: torch.Tensor, T: int = 
     sched = ddpm_linear_schedule(T)
     net_sched = net_sched or vp_schedule(4)
     tmap = nearest_time_map(net_sched, sched)
-    b, _, h, w = image.shape
+    b, spatial = image.shape[0], tuple(image.shape[2:])
     n = n_samples
-    feats = G.encode(image).repeat(n, 1, 1, 1)
-    x = torch.randn(n * b, G.label_channels, h, w, device=image.device, dtype=image.dtype, generator=generator)
+    feats = G.encode(image)
+    feats = feats.repeat(n, *([1] * (feats.ndim - 1)))
+    x = torch.randn(n * b, G.label_channels, *spatial, device=image.device, dtype=image.dtype, generator=generator)
     for code_t in reversed(range(sched.T)):
         t = torch.full((n * b,), code_t, dtype=torch.long, device=image.device)
         t_net = torch.full_like(t, tmap[code_t])

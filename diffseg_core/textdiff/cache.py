@@ -70,6 +70,15 @@ class FeatureCache:
     def disk_keys(self) -> list[str]:
         return list(self._on_disk)
 
+    def clear(self) -> None:
+        """Drop every entry, in memory and on disk (the features were computed with a backbone that is no
+        longer used)."""
+        self._items.clear()
+        self._bytes = 0
+        for path in self._on_disk.values():
+            path.unlink(missing_ok=True)
+        self._on_disk.clear()
+
     def nbytes(self) -> int:
         """Bytes of the features held in memory."""
         return self._bytes

@@ -151,6 +151,9 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
 class MultiScaleCrossModalFusion(nn.Module):
     """Project each scale, let it attend to the text at its own resolution, up-sample and concatenate.
 
+    The concatenation ``H = concat_z up(H_z)`` is stated in words in TextDiff Sec. 2.3 (not numbered there;
+    chapter 11 writes it out); each ``H_z`` is Eq. 3 inside the shared block.
+
     Args:
         in_dims: channels of each scale's diffusion features (``C_b x n_steps``).
         dim: common width after the 1x1 projections (the code: 768).

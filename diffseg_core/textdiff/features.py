@@ -1,11 +1,13 @@
 """Diffusion features for TextDiff: a frozen denoising U-Net read out at a few noise levels.
 
 TextDiff (Feng, MICCAI 2024, Sec. 2.1), following ddpm-segmentation, noises the image with the forward
-process (Eq. 1)::
+process, whose step q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I) is TextDiff Eq. 1, in one shot
+through its closed form (DDPM Eq. 4; not numbered in TextDiff)::
 
     q(x_t | x_0) = N(x_t; sqrt(abar_t) x_0, (1 - abar_t) I),   abar_t = prod_{s<=t} (1 - beta_s)
 
-i.e. ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` (Eq. 2), runs the frozen denoiser once per
+i.e. ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``. It then reads the network of the reverse process
+(TextDiff Eq. 2, p_theta(x_{t-1} | x_t)): it runs the frozen denoiser once per
 ``t in {50, 150, 250}`` of a 1000-step linear schedule (beta 1e-4 -> 0.02) with **one shared noise
 tensor** ``eps``, and reads the outputs of chosen decoder blocks with forward hooks. For each block the
 three steps are **concatenated along channels at the block's own resolution** (book/decisions.md).
@@ -48,7 +50,7 @@ EXTRACT_BATCH_PIXELS = 4 * 256 * 256
 
 
 def ddpm_signal_levels(timesteps: Sequence[int]) -> torch.Tensor:
-    """Signal amplitude ``sqrt(abar_t) = sqrt(prod_{s<=t} (1 - beta_s))`` of TextDiff Eq. 2 at each network time
+    """Signal amplitude ``sqrt(abar_t) = sqrt(prod_{s<=t} (1 - beta_s))`` of q(x_t | x_0) at each network time
     ``t`` (ADM's 1000 linear betas, :func:`~diffseg_core.schedule.linear_betas`), ``(n,)`` float64.
 
     ``t`` counts from 0 as ADM and MONAI do, so it is level ``t + 1`` of our
@@ -77,10 +79,15 @@ class DecoderBlock:
 def decoder_blocks(unet: nn.Module) -> list[DecoderBlock]:
     """All decoder layers of a MONAI ``DiffusionModelUNet``, coarsest first (like ADM's ``output_blocks``).
 
+    A backbone with its own ``decoder_blocks()`` method (ADM-256, :class:`~diffseg_core.textdiff.adm.ADMUNet`,
+    whose blocks are its ``output_blocks``) is asked for them instead.
+
     Each up-block (one per level) holds ``num_res_blocks + 1`` layers; a layer is its ResNet block, or the
     attention layer that follows it where the level has attention. The up-sampler at the end of a level
     is not a separate block (its output is an up-sampled copy of the level's last layer).
     """
+    if hasattr(unet, "decoder_blocks"):  # a backbone that lists its own blocks (ADM, :mod:`.adm`)
+        return [DecoderBlock(b.index, b.level, b.fraction, b.channels, b.module) for b in unet.decoder_blocks()]
     ups = getattr(unet, "up_blocks", None)
     if ups is None:
         raise TypeError(f"decoder_blocks: expected a MONAI DiffusionModelUNet, got {type(unet).__name__}")
@@ -159,7 +166,7 @@ class DiffusionFeatureExtractor:
                  autocast_dtype: torch.dtype | None = None) -> None:
         self.unet = freeze(unet)
         self.timesteps = tuple(int(t) for t in timesteps)
-        self.schedule = ddpm_linear_schedule(ADM_STEPS)  # the backbone's forward process (TextDiff Eq. 1-2)
+        self.schedule = ddpm_linear_schedule(ADM_STEPS)  # the backbone's forward process (TextDiff Eq. 1)
         self.all_blocks = decoder_blocks(unet)
         self.blocks = list(blocks) if blocks is not None else select_blocks_by_resolution(unet)
         bad = [b for b in self.blocks if not 0 <= b < len(self.all_blocks)]
@@ -199,7 +206,8 @@ class DiffusionFeatureExtractor:
 
     @torch.no_grad()
     def extract(self, images: torch.Tensor, return_per_step: bool = False) -> list[torch.Tensor]:
-        """Features of ``images`` ``(B, C, H, W)`` in [0, 1].
+        """Features of ``images`` ``(B, C, H, W)`` in [0, 1] (grey ``C = 1`` images are repeated to RGB for a
+        backbone that says ``grey_as_rgb``, the RGB ImageNet ADM-256).
 
         Returns one tensor per chosen block, ``(B, C_b * n_steps, h_b, w_b)``: the block's outputs at each
         ``t`` concatenated along channels (``t`` in the order given), at the block's native resolution.
@@ -207,6 +215,8 @@ class DiffusionFeatureExtractor:
         ``(B, C_b, h_b, w_b)`` (for plots). Images and noise levels are batched together,
         :meth:`images_per_pass` images per U-Net pass.
         """
+        if images.dim() == 4 and images.shape[1] == 1 and self.in_channels == 3 and getattr(self.unet, "grey_as_rgb", False):
+            images = images.expand(-1, 3, -1, -1)  # a grey image read as RGB (three equal channels), for ADM-256
         if images.dim() != 4 or images.shape[1] != self.in_channels:
             raise ValueError(f"DiffusionFeatureExtractor.extract: images must be (B, {self.in_channels}, H, W), "
                              f"got {tuple(images.shape)}")
@@ -235,7 +245,7 @@ class DiffusionFeatureExtractor:
         x0 = images.to(device, torch.float32) * 2 - 1  # ADM's inputs are in [-1, 1]
         eps = self.noise(tuple(images.shape[1:])).to(device)  # (1, C, H, W), shared by all images and steps
         t = torch.tensor(self.timesteps, device=device).repeat_interleave(B)  # (n*B,), step-major
-        xt = q_sample(self.schedule, x0.repeat(n, 1, 1, 1), t + 1, eps)  # (n*B, C, H, W), TextDiff Eq. 2 at level t+1
+        xt = q_sample(self.schedule, x0.repeat(n, 1, 1, 1), t + 1, eps)  # (n*B, C, H, W): q(x_t | x_0) at level t+1
         grabbed: dict[int, torch.Tensor] = {}
         handles = [self.all_blocks[b].module.register_forward_hook(
             lambda _m, _i, out, b=b: grabbed.__setitem__(b, out)) for b in self.blocks]

@@ -68,7 +68,7 @@ def soft_dice_loss(scores: torch.Tensor, target: torch.Tensor, smooth: float = 1
 
 def ce_dice_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.5, softmax: bool = True,
                  return_parts: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict[str, float]]:
-    """TextDiff's loss: cross-entropy + ``dice_weight`` x soft Dice (T5).
+    """TextDiff's loss: cross-entropy + ``dice_weight`` x soft Dice (T5; stated in words, not numbered, in the paper).
 
     The paper says "Dice + CE"; the code uses CE + 1.5 x Dice but feeds the **raw logits** to the Dice
     (its softmax flag is off), which makes the Dice term's values meaningless as overlaps. We apply it to
