@@ -179,3 +179,108 @@ def test_cpu_workers_give_the_same_samples_and_restore_the_thread_count():
     assert default_plan(torch.device("meta")).resolved(torch.device("meta")).workers == 1
     with pytest.raises(ValueError, match="workers"):
         SamplerPlan(workers=0)
+
+
+def test_fake_accelerator_backends_choose_the_precision(monkeypatch):
+    """The accelerator branches of the plans, driven by a stand-in ``torch.<backend>`` on the CPU: bf16 where the
+    backend says it supports it, fp16 where it says not or cannot say; never a CPU fallback off the CPU."""
+    from types import SimpleNamespace
+
+    from diffseg_core.textdiff.features import accelerator_autocast_dtype
+
+    meta = torch.device("meta")
+
+    def broken():
+        raise RuntimeError("no driver")
+
+    for says, precision, dtype in ((lambda: True, "bf16", torch.bfloat16), (lambda: False, "fp16", torch.float16),
+                                   (broken, "fp16", torch.float16)):
+        monkeypatch.setattr(torch, "meta", SimpleNamespace(is_bf16_supported=says), raising=False)
+        plan = default_plan(meta)
+        assert plan.precision == precision and plan.batch_pixels == ACCELERATOR_BATCH_PIXELS
+        ran = plan.resolved(meta)
+        assert ran.precision == precision and ran.workers == 1 and ran.channels_last
+        assert accelerator_autocast_dtype(meta) == dtype
+    monkeypatch.delattr(torch, "meta")
+    assert default_plan(meta).precision == "fp16"                   # a backend without the query: fp16
+    assert accelerator_autocast_dtype(meta) == torch.float16
+
+
+# ---- the EMA generator and 3-D (main's hippocampus paths) -----------------------------------------------
+def _main_predict(m: CDALMethod, tiles: torch.Tensor) -> torch.Tensor:
+    """``CDALMethod.predict`` as main wrote it after the EMA/3-D merge: Algorithm 2 as written on the sampling
+    generator, re-seeded per call."""
+    from diffseg_core.cdal import normalize_image, x0_to_probs
+
+    gen = torch.Generator().manual_seed(int(m.cfg.seed))
+    r = sample_cdal(m.sampling_generator(), m.sched, normalize_image(tiles.float(), m.model_cfg.image_norm),
+                    n_samples=m.n_ensemble, use_latent=m.model_cfg.use_latent, generator=gen)
+    return x0_to_probs(r["mean"] * 2.0 - 1.0)
+
+
+def _hippo_method(**kw) -> CDALMethod:
+    cfg = get_config("cdal", "hippocampus", "smoke", seed=2, **kw)
+    torch.manual_seed(0)
+    m = CDALMethod(cfg, DatasetInfo("hippocampus", 1, 3, ("background", "anterior", "posterior")), torch.device("cpu"))
+    with torch.no_grad():                    # G and its EMA copy differ, and both are off the near-zero init
+        for name in ("G", "G_ema"):
+            for p in m.nets[name].parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+    m.ema_updates = 1                         # as after a training step: predict samples G_ema
+    m.n_ensemble = 2
+    m.eval()
+    return m
+
+
+def test_predict_samples_the_ema_generator_as_main_does():
+    m = _hippo_method()
+    assert m.sampling_generator() is m.nets["G_ema"]
+    tiles = torch.rand(5, 1, 32, 32)
+    new = m.predict(tiles)
+    torch.testing.assert_close(new, _main_predict(m, tiles), atol=2e-5, rtol=0)
+    m.ema_updates = 0                          # the live G: a different prediction (the test can tell them apart)
+    assert (m.predict(tiles) - new).abs().max() > 1e-3
+
+
+def test_3d_generator_samples_equal_algorithm_2_as_written():
+    from diffseg_core.cdal.generator import ConditionalGenerator
+
+    torch.manual_seed(0)
+    G = ConditionalGenerator(label_channels=3, image_channels=1, nf=8, ch_mult=(1, 2), num_res_blocks=1,
+                             attn_resolutions=(8,), image_size=16, nz=8, z_emb_dim=16, n_mlp=1, enc_blocks=1,
+                             resample="avg", spatial_dims=3).eval()
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    sched, vol = vp_schedule(2), torch.randn(3, 1, 8, 8, 8)
+    ref = sample_cdal(G, sched, vol, 2, generator=torch.Generator().manual_seed(4))
+    one = sample_cdal_ensemble(G, sched, vol, 2, generator=torch.Generator().manual_seed(4),
+                               plan=SamplerPlan(10**9, channels_last=False, workers=1))
+    assert torch.equal(one["samples"], ref["samples"]) and one["samples"].shape == (2, 3, 3, 8, 8, 8)
+    # the CPU default (channels-last asked, 2 workers, 2 chains per call): NCDHW, the same samples up to rounding
+    many = sample_cdal_ensemble(G, sched, vol, 2, generator=torch.Generator().manual_seed(4),
+                                plan=SamplerPlan(2 * 8**3, True, workers=2))
+    torch.testing.assert_close(many["samples"], ref["samples"], atol=2e-5, rtol=0)
+    assert not many["plan"].channels_last and "NCDHW, 2 chains per generator call" in many["plan"].describe(8, 8, 8)
+    assert SamplerPlan().resolved(torch.device("cpu"), 3).channels_last is False
+    with pytest.raises(ValueError, match="D, H, W"):
+        sample_cdal_ensemble(G, sched, torch.randn(1, 1, 8, 8), 2)
+
+
+def test_3d_method_predicts_volumes_as_main_does():
+    """main's 3-D evaluation (``predict_volume``: sliding c^3 windows, 4 per predict call) gives the same
+    probabilities with the batched sampler as with main's ``predict`` (EMA generator)."""
+    from monai.inferers import sliding_window_inference
+
+    from diffseg_core.evaluate import predict_volume
+
+    m = _hippo_method(spatial_dims=3)
+    roi = m.inference_roi()
+    vol = np.random.default_rng(1).random((1, roi + 8, roi, roi)).astype(np.float32)    # 2 windows
+    new = predict_volume(m, vol)
+    old = sliding_window_inference(torch.from_numpy(vol)[None], roi_size=(roi,) * 3, sw_batch_size=4,
+                                   predictor=lambda v: _main_predict(m, v), overlap=m.cfg.data.overlap,
+                                   mode="constant")[0].numpy()
+    assert new.shape == (3, roi + 8, roi, roi)
+    np.testing.assert_allclose(new, old, atol=2e-5, rtol=0)
+    assert "NCDHW" in m.inference_note()
