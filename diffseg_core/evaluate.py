@@ -29,7 +29,8 @@ def predict_case(method: SegMethod, case: Case) -> np.ndarray:
 
     Images larger than ``method.inference_roi()`` are tiled with MONAI's sliding window (overlap from
     ``cfg.data.overlap``, windows averaged); smaller ones are padded to the window. ``None`` means the
-    method takes whole images.
+    method takes whole images. A method may say how many windows one ``predict`` call takes
+    (``inference_batch()``, default 16; cDAL takes a whole image's tiles and batches them itself).
     """
     method.eval()
     image = torch.from_numpy(np.ascontiguousarray(case.image))[None].to(method.device)
@@ -42,7 +43,8 @@ def predict_case(method: SegMethod, case: Case) -> np.ndarray:
     if roi is None:
         probs = predictor(image)
     else:
-        probs = sliding_window_inference(image, roi_size=(roi, roi), sw_batch_size=16, predictor=predictor,
+        batch = method.inference_batch() if hasattr(method, "inference_batch") else 16
+        probs = sliding_window_inference(image, roi_size=(roi, roi), sw_batch_size=batch, predictor=predictor,
                                          overlap=method.cfg.data.overlap, mode="constant")
     return probs[0].float().cpu().numpy()
 
@@ -113,8 +115,10 @@ def evaluate_cases(method: SegMethod, cases: Sequence[Case], protocol: str = "",
 
     Returns the keys of :func:`~diffseg_core.metrics.segmentation_scores` plus ``seconds_per_image`` (per
     case, i.e. per slice for volume datasets, also for 3-D methods), ``ids`` (per scored image/volume,
-    aligned with ``per_image_dice``) and ``protocol``; with ``keep_predictions`` also ``predictions``
-    (id -> predicted label map, ``(X, Y, Z)`` for volumes; not JSON-serialisable).
+    aligned with ``per_image_dice``), ``protocol`` and, for a method that has ``inference_note()``,
+    ``inference`` (e.g. cDAL's precision and batching; :func:`result_row` appends it to the protocol
+    sentence); with ``keep_predictions`` also ``predictions`` (id -> predicted label map, ``(X, Y, Z)`` for
+    volumes; not JSON-serialisable).
 
     Inside a process group (``torchrun``) the cases (volumes for a 3-D method) are split across ranks (rank r
     predicts cases r, r + N, ...), the predictions gathered on every rank and scored there, so every rank
@@ -147,6 +151,8 @@ def evaluate_cases(method: SegMethod, cases: Sequence[Case], protocol: str = "",
     scores["ids"] = ids
     scores["seconds_per_image"] = seconds / len(cases)
     scores["protocol"] = protocol
+    if hasattr(method, "inference_note"):        # how the hardware was used (precision, batching), for the row
+        scores["inference"] = method.inference_note()
     if keep_predictions:
         scores["predictions"] = dict(zip(ids, preds))
     return scores
@@ -223,8 +229,8 @@ def result_row(model: str, scores: dict[str, Any], data: str, history: Any = Non
     ``scores`` is what :func:`evaluate_cases` returned; ``data`` says where the images came from ("real",
     "synthetic"); ``history`` (optional) is the loop's :class:`~diffseg_core.train.History`. The row holds the
     per-image means and the pooled values of Dice and IoU, seconds per image, the training time and steps
-    when known, and the protocol sentence (``protocol``, else ``scores["protocol"]``), which every row must
-    carry. ``extra`` columns are appended.
+    when known, and the protocol sentence (``protocol``, else ``scores["protocol"]``, followed by
+    ``scores["inference"]`` when present), which every row must carry. ``extra`` columns are appended.
     """
     row: dict[str, Any] = {"model": model, "data": data}
     for key in ("dice_mean", "iou_mean", "dice_global", "iou_global", "n_images"):
@@ -236,6 +242,9 @@ def result_row(model: str, scores: dict[str, Any], data: str, history: Any = Non
         row["steps"] = int(history.last_step)
     row.update(extra)
     row["protocol"] = protocol if protocol is not None else scores.get("protocol", "")
+    note = scores.get("inference")
+    if row["protocol"] and note and note not in row["protocol"]:
+        row["protocol"] = f"{row['protocol']} {note}"
     if not row["protocol"]:
         raise ValueError(f"result_row({model!r}): every result needs its protocol sentence")
     return row

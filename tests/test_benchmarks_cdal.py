@@ -28,3 +28,14 @@ def test_sampling_benchmark_tiny_mode():
     out = _run("sampling.py", "--preset", "smoke", "--ddpm-steps", "8", "--samples", "2", "--repeats", "1")
     m = re.search(r"ratio DDPM/cDAL: ([0-9.]+)x measured, ([0-9.]+)x in network evaluations", out)
     assert m and float(m.group(1)) > 0 and float(m.group(2)) == 2.0, out
+
+
+def test_inference_benchmark_tiny_mode():
+    """The before/after benchmark runs its baseline (the first implementation) and today's path on one image."""
+    out = _run("cdal_inference.py", "--tiny")
+    m = re.search(r"cpu: default plan ([0-9.]+) s per image \(([0-9.]+) images/s\) vs baseline ([0-9.]+) s: "
+                  r"speed-up ([0-9.]+)x wall, ([0-9.]+)x CPU seconds", out)
+    assert m and all(float(g) > 0 for g in m.groups()), out
+    assert "baseline (first implementation)" in out and "peak RSS" in out
+    d = re.search(r"Dice ([0-9.]+) vs ([0-9.]+) \(\|diff\| ([0-9.]+)\)", out)
+    assert d and float(d.group(3)) <= 0.002, out          # fp32: the same predictions up to float rounding

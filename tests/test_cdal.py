@@ -153,8 +153,11 @@ def test_identical_ensemble_members_have_zero_variance():
     class Const(torch.nn.Module):
         label_channels, nz = 1, 8
 
-        def forward(self, x, t, image, z=None):
-            return torch.tanh(image[:, :1])
+        def encode(self, image):
+            return image
+
+        def forward(self, x, t, image=None, z=None, image_features=None):
+            return torch.tanh((image if image is not None else image_features)[:, :1])
 
     r = sample_cdal(Const(), vp_schedule(4), torch.randn(2, 3, 8, 8), n_samples=5)
     assert torch.equal(r["variance"], torch.zeros_like(r["variance"]))

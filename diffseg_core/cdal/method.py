@@ -46,10 +46,14 @@ from .discriminator import build_discriminator
 from .ema import ema_decay_at, update_ema
 from .generator import ConditionalGenerator, build_generator
 from .labels import label_channels, labels_to_x0, normalize_image, x0_to_probs
-from .sampling import sample_cdal
+from .sampling import SamplerPlan, default_plan, sample_cdal_ensemble
 from .training import d_step, g_step
 
-__all__ = ["CDALMethod"]
+__all__ = ["CDALMethod", "SEED_GROUP"]
+
+#: tiles per re-seeding of the sampling noise in :meth:`CDALMethod.predict` (the sliding-window batch of the
+#: first implementation, so predictions match it)
+SEED_GROUP = 16
 
 
 class CDALMethod(SegMethod):
@@ -117,6 +121,8 @@ class CDALMethod(SegMethod):
         self.optimizers["g"] = torch.optim.Adam(G.parameters(), lr=mc.lr_g, betas=mc.betas)
         self.optimizers["d"] = torch.optim.Adam(D.parameters(), lr=mc.lr_d, betas=mc.betas)
         self.n_ensemble = mc.ensemble
+        #: how inference uses the hardware (batch size, layout, precision); replace it to try another plan
+        self.plan: SamplerPlan = default_plan(device)
 
     # ---- configuration -----------------------------------------------------------------------
     @classmethod
@@ -225,15 +231,39 @@ class CDALMethod(SegMethod):
     def predict(self, image: torch.Tensor, text: Sequence[str] | None = None) -> torch.Tensor:
         """Class probabilities (B, K, h, w) from the mean of ``self.n_ensemble`` T-step samples; h, w divisible
         by the generator's down-sampling factor (the sliding window gives crop-sized tiles). 3-D: volumes
-        (B, C, d, h, w) -> (B, K, d, h, w). Samples the EMA generator when there is one. With ``use_text``,
-        ``text`` holds one sentence per image (required)."""
+        (B, C, d, h, w) -> (B, K, d, h, w). Samples the EMA generator when there is one
+        (:meth:`sampling_generator`). With ``use_text``, ``text`` holds one sentence per image (required).
+
+        Runs :func:`~diffseg_core.cdal.sampling.sample_cdal_ensemble` with ``self.plan`` (how the hardware is
+        used; :func:`~diffseg_core.cdal.sampling.default_plan` of the device): the image encoder once per tile,
+        members and tiles batched, no host <-> device copies in the step loop. The random stream re-starts
+        from ``cfg.seed`` for every group of :data:`SEED_GROUP` tiles, so the prediction of a tile does not
+        depend on how many tiles one call receives, and equals the first implementation's (one
+        :func:`~diffseg_core.cdal.sampling.sample_cdal` call per 16 sliding-window tiles, re-seeded per call)
+        up to float rounding in fp32.
+        """
         gen = torch.Generator(device=image.device)
         gen.manual_seed(int(self.cfg.seed))
         tokens, mask = self.text_tokens(text, image.shape[0])
-        r = sample_cdal(self.sampling_generator(), self.sched, normalize_image(image.float(), self.model_cfg.image_norm),
-                        n_samples=self.n_ensemble, use_latent=self.model_cfg.use_latent, generator=gen,
-                        text=tokens, text_mask=mask)
+        r = sample_cdal_ensemble(self.sampling_generator(), self.sched,
+                                 normalize_image(image.float(), self.model_cfg.image_norm),
+                                 n_samples=self.n_ensemble, use_latent=self.model_cfg.use_latent, generator=gen,
+                                 seed_group=SEED_GROUP, plan=self.plan, text=tokens, text_mask=mask)
         return x0_to_probs(r["mean"] * 2.0 - 1.0)
+
+    def inference_batch(self) -> int:
+        """Tiles per :meth:`predict` call in the sliding window: a whole working-size image at once (64 tiles of
+        64 px at 512 px), within 2**20 tile pixels per call (~190 MB of pre-drawn noise, features and samples
+        with 5 members x T = 4); the sampler then batches the chains for the device."""
+        crop = self.cfg.data.crop
+        return max(SEED_GROUP, (2**20 // crop**self.spatial_dims) // SEED_GROUP * SEED_GROUP)
+
+    def inference_note(self) -> str:
+        """How inference ran, for the protocol sentence (precision, layout, batching, seeding)."""
+        crop = self.cfg.data.crop
+        plan = self.plan.resolved(self.device, self.spatial_dims)
+        return (f"cDAL inference: {self.n_ensemble} members x T={self.model_cfg.timesteps}, image encoder once per "
+                f"tile, {plan.describe(*(crop,) * self.spatial_dims)}, random stream re-seeded per {SEED_GROUP} tiles.")
 
     def run_info(self) -> dict[str, Any]:
         G, D = self.nets["G"], self.nets["D"]

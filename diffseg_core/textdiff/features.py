@@ -40,11 +40,13 @@ from torch import nn
 from ..schedule import ddpm_linear_schedule, linear_betas, q_sample
 from .backbone import freeze
 
-__all__ = ["ADM_STEPS", "ddpm_signal_levels", "DecoderBlock", "decoder_blocks", "select_blocks_by_resolution",
-           "DiffusionFeatureExtractor"]
+__all__ = ["ADM_STEPS", "EXTRACT_BATCH_PIXELS", "ddpm_signal_levels", "DecoderBlock", "decoder_blocks", "select_blocks_by_resolution",
+           "DiffusionFeatureExtractor", "accelerator_autocast_dtype"]
 
 #: length of the linear schedule the backbone is trained and read on (ADM-256, TextDiff: 1000 steps)
 ADM_STEPS = 1000
+#: image pixels per U-Net pass of the feature extractor (four 256 x 256 images, 3 noise levels each)
+EXTRACT_BATCH_PIXELS = 4 * 256 * 256
 
 
 def ddpm_signal_levels(timesteps: Sequence[int]) -> torch.Tensor:
@@ -129,6 +131,18 @@ def select_blocks_by_resolution(unet: nn.Module, image_size: int | None = None,
 # ---------------------------------------------------------------------------------------------
 # Feature extraction and cache
 # ---------------------------------------------------------------------------------------------
+def accelerator_autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed precision for the frozen U-Net on ``device``: bf16 where the accelerator supports it, else fp16;
+    ``None`` (fp32) on a CPU."""
+    if device.type == "cpu":
+        return None
+    check = getattr(getattr(torch, device.type, None), "is_bf16_supported", None)   # torch.<backend>
+    try:
+        return torch.bfloat16 if check is not None and check() else torch.float16
+    except Exception:
+        return torch.float16
+
+
 class DiffusionFeatureExtractor:
     """Frozen diffusion U-Net + forward hooks -> multi-scale features of images.
 
@@ -139,10 +153,17 @@ class DiffusionFeatureExtractor:
         noise_seed: seed of the **one shared noise tensor** (the official code's ``share_noise``, seed 40):
             the same ``eps`` is used for every image and every ``t``, so features are a deterministic
             function of the image.
+        batch_pixels: image pixels per U-Net pass (default: four 256 x 256 images). Every noise level of an
+            image goes into the same pass, and as many images as fit; more images are processed in several
+            passes, so the U-Net's activation memory is bounded whatever the number of images.
+        autocast_dtype: ``None`` (fp32), or ``torch.bfloat16`` / ``torch.float16`` to run the frozen U-Net under
+            autocast on an accelerator (:func:`accelerator_autocast_dtype`; features are returned in fp32 and the
+            same extractor serves training and inference, so the head sees one kind of feature). Ignored on a CPU.
     """
 
     def __init__(self, unet: nn.Module, timesteps: Sequence[int] = (50, 150, 250), blocks: Sequence[int] | None = None,
-                 noise_seed: int = 0) -> None:
+                 noise_seed: int = 0, batch_pixels: int = EXTRACT_BATCH_PIXELS,
+                 autocast_dtype: torch.dtype | None = None) -> None:
         self.unet = freeze(unet)
         self.timesteps = tuple(int(t) for t in timesteps)
         self.schedule = ddpm_linear_schedule(ADM_STEPS)  # the backbone's forward process (TextDiff Eq. 1)
@@ -152,6 +173,10 @@ class DiffusionFeatureExtractor:
         if bad:
             raise ValueError(f"decoder block indices {bad} out of range 0..{len(self.all_blocks) - 1}")
         self.noise_seed = int(noise_seed)
+        if batch_pixels < 1:
+            raise ValueError(f"DiffusionFeatureExtractor: batch_pixels must be >= 1, got {batch_pixels}")
+        self.batch_pixels = int(batch_pixels)
+        self.autocast_dtype = autocast_dtype
         self.in_channels = int(unet.in_channels)
         self.levels = len(unet.block_out_channels)
         self._noise: dict[tuple[int, ...], torch.Tensor] = {}
@@ -175,6 +200,10 @@ class DiffusionFeatureExtractor:
             self._noise[shape] = torch.randn((1, *shape), generator=g)
         return self._noise[shape]
 
+    def images_per_pass(self, h: int, w: int) -> int:
+        """Images of size (h, w) that go through the U-Net together (all their noise levels in one batch)."""
+        return max(1, self.batch_pixels // (h * w))
+
     @torch.no_grad()
     def extract(self, images: torch.Tensor, return_per_step: bool = False) -> list[torch.Tensor]:
         """Features of ``images`` ``(B, C, H, W)`` in [0, 1] (grey ``C = 1`` images are repeated to RGB for a
@@ -183,7 +212,8 @@ class DiffusionFeatureExtractor:
         Returns one tensor per chosen block, ``(B, C_b * n_steps, h_b, w_b)``: the block's outputs at each
         ``t`` concatenated along channels (``t`` in the order given), at the block's native resolution.
         With ``return_per_step`` the per-step tensors are returned instead, as ``[block][step]``
-        ``(B, C_b, h_b, w_b)`` (for plots).
+        ``(B, C_b, h_b, w_b)`` (for plots). Images and noise levels are batched together,
+        :meth:`images_per_pass` images per U-Net pass.
         """
         if images.dim() == 4 and images.shape[1] == 1 and self.in_channels == 3 and getattr(self.unet, "grey_as_rgb", False):
             images = images.expand(-1, 3, -1, -1)  # a grey image read as RGB (three equal channels), for ADM-256
@@ -197,6 +227,19 @@ class DiffusionFeatureExtractor:
         lo, hi = float(images.min()), float(images.max())
         if lo < -1e-4 or hi > 1 + 1e-4:
             raise ValueError(f"DiffusionFeatureExtractor.extract: images must be in [0, 1], got [{lo:.3g}, {hi:.3g}]")
+        per = self.images_per_pass(H, W)
+        if images.shape[0] > per:                     # several passes, bounded activation memory
+            parts = [self._extract(images[i:i + per]) for i in range(0, images.shape[0], per)]
+            per_step = [[torch.cat([p[b][s] for p in parts]) for s in range(len(self.timesteps))]
+                        for b in range(len(self.blocks))]
+        else:
+            per_step = self._extract(images)
+        if return_per_step:
+            return per_step
+        return [torch.cat(steps, dim=1) for steps in per_step]          # steps concatenated on channels
+
+    def _extract(self, images: torch.Tensor) -> list[list[torch.Tensor]]:
+        """One U-Net pass over every noise level of ``images``: ``[block][step]`` of ``(B, C_b, h_b, w_b)``."""
         device = self.device
         B, n = images.shape[0], len(self.timesteps)
         x0 = images.to(device, torch.float32) * 2 - 1  # ADM's inputs are in [-1, 1]
@@ -207,14 +250,17 @@ class DiffusionFeatureExtractor:
         handles = [self.all_blocks[b].module.register_forward_hook(
             lambda _m, _i, out, b=b: grabbed.__setitem__(b, out)) for b in self.blocks]
         try:
-            self.unet(xt, t)
+            if self.autocast_dtype is not None and device.type != "cpu":
+                with torch.autocast(device.type, dtype=self.autocast_dtype):
+                    self.unet(xt, t)
+            else:
+                self.unet(xt, t)
         finally:
             for h in handles:
                 h.remove()
-        feats, per_step = [], []
+        per_step = []
         for b in self.blocks:
             f = grabbed[b].float()  # (n*B, C_b, h, w)
             f = f.view(n, B, *f.shape[1:])
             per_step.append([f[s] for s in range(n)])
-            feats.append(torch.cat([f[s] for s in range(n)], dim=1))  # steps concatenated on channels
-        return per_step if return_per_step else feats
+        return per_step

@@ -37,11 +37,17 @@ from .adm import ADM256
 from .backbone import ADM_SPEC, BACKBONE_FILE, adm_spec_path, backbone_label, is_adm_spec, load_backbone
 from .cache import FeatureCache, image_key
 from .config import TextDiffConfig
-from .features import DiffusionFeatureExtractor, select_blocks_by_resolution
+from .features import DiffusionFeatureExtractor, accelerator_autocast_dtype, select_blocks_by_resolution
 from .head import TextDiffModel, ce_dice_loss
 from .pretrain import pretrain_ddpm
 
-__all__ = ["TextDiffMethod", "derangement"]
+__all__ = ["TextDiffMethod", "derangement", "TRAIN_FEATURE_BYTES", "EVAL_FEATURE_BYTES"]
+
+#: memory for the cached features of the training images; beyond it they are written to a temporary folder and
+#: streamed back one image at a time (a 256-px image: ~42 MB at the ``cpu`` preset, ~280 MB at ``paper``)
+TRAIN_FEATURE_BYTES = 2 * 2**30
+#: memory for the features of evaluated images (re-used across validations; dropped beyond, re-extracted)
+EVAL_FEATURE_BYTES = 2 * 2**30
 
 
 def derangement(n: int, seed: int) -> list[int]:
@@ -100,8 +106,9 @@ class TextDiffMethod(SegMethod):
         self.backbone_path: str | None = None
         self.backbone_source = ""
         self.ddpm_losses: list[float] = []
-        self.train_cache = FeatureCache()
-        self.eval_cache = FeatureCache(max_items=32, max_bytes=2 * 2**30)  # bounded: unseen images
+        # features of the training images: at most TRAIN_FEATURE_BYTES in memory, the rest streamed from disk
+        self.train_cache = FeatureCache(max_bytes=TRAIN_FEATURE_BYTES, spill=True)
+        self.eval_cache = FeatureCache(max_items=32, max_bytes=EVAL_FEATURE_BYTES)  # unseen images: dropped beyond
         self.train_labels: dict[str, torch.Tensor] = {}
         self.train_text: dict[str, str] = {}
         self._tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -171,7 +178,8 @@ class TextDiffMethod(SegMethod):
                                  "for the ADM backbone")
         else:
             blocks = select_blocks_by_resolution(unet, self.model_cfg.image_size, self.model_cfg.block_fractions)
-        self.extractor = DiffusionFeatureExtractor(unet.to(self.device), self.model_cfg.timesteps, blocks, self.model_cfg.noise_seed)
+        self.extractor = DiffusionFeatureExtractor(unet.to(self.device), self.model_cfg.timesteps, blocks, self.model_cfg.noise_seed,
+                                                   autocast_dtype=accelerator_autocast_dtype(self.device))
         if self.model_cfg.use_text and self.text_encoder is None:
             from .text import load_text_encoder
 
@@ -225,11 +233,14 @@ class TextDiffMethod(SegMethod):
             self.backbone_source = f"DDPM pre-trained here on {len(pool)} unlabelled training images"
         self.timings["backbone_seconds"] = round(time.perf_counter() - t0, 2)
         self._setup_frozen(unet)
-        # features of the fixed training images, extracted once (no per-epoch re-extraction)
+        # features of the fixed training images, extracted once (no per-epoch re-extraction), several images
+        # per U-Net pass; images are resized a pass at a time and features beyond the memory bound go to disk
         t0 = time.perf_counter()
-        images = self._image_tensor(train_cases)
-        for i, case in enumerate(train_cases):
-            self.train_cache.features([case.id], images[i:i + 1], self.extractor.extract)
+        per = self.extractor.images_per_pass(self.model_cfg.image_size, self.model_cfg.image_size)
+        for s in range(0, len(train_cases), per):
+            chunk = train_cases[s:s + per]
+            self.train_cache.features([c.id for c in chunk], self._image_tensor(chunk), self.extractor.extract, keep=False)
+        for case in train_cases:
             label = torch.from_numpy(np.ascontiguousarray(case.label)).long()
             if tuple(label.shape) != (self.model_cfg.image_size,) * 2:
                 label = F.interpolate(label[None, None].float(), size=(self.model_cfg.image_size,) * 2,
@@ -283,6 +294,7 @@ class TextDiffMethod(SegMethod):
             "text_encoder_loaded": self.text_encoder.name if self.text_encoder is not None else None,
             "blocks": ex.blocks if ex else None, "block_fractions": ex.fractions() if ex else None,
             "feature_dims": ex.feature_dims() if ex else None,
+            "feature_precision": self._feature_precision(),
             "train_text": dict(self.train_text) if self.model_cfg.use_text else None,
             "timings": dict(self.timings),
         }
@@ -334,7 +346,8 @@ class TextDiffMethod(SegMethod):
 
     # ---- inference -----------------------------------------------------------------------
     def features(self, image: torch.Tensor) -> list[torch.Tensor]:
-        """Diffusion features of images ``(B, C, h, w)`` in [0, 1] after resizing to ``image_size`` (cached)."""
+        """Diffusion features of images ``(B, C, h, w)`` in [0, 1] after resizing to ``image_size`` (cached by
+        content; the missing ones extracted together, every noise level and several images per U-Net pass)."""
         self._check_ready()
         x = self._resize(image.float())
         keys = [image_key(x[i]) for i in range(x.shape[0])]
@@ -345,7 +358,8 @@ class TextDiffMethod(SegMethod):
         """Class probabilities ``(B, K, h, w)`` for images ``(B, C, h, w)`` in [0, 1] and their sentences.
 
         The image is resized to ``image_size`` (whole image, as in the paper), segmented, and the
-        probabilities resized back to ``(h, w)``.
+        probabilities resized back to ``(h, w)``. Seconds per image and peak memory (extraction of an unseen
+        image included): ``benchmarks/textdiff.py``.
         """
         if image.dim() != 4 or image.shape[1] != self.info.in_channels:
             raise ValueError(f"textdiff.predict: image must be (B, {self.info.in_channels}, h, w), got {tuple(image.shape)}")
@@ -366,6 +380,17 @@ class TextDiffMethod(SegMethod):
     def inference_window(cls, cfg: Any) -> int | None:
         """Whole images: features are read from the frozen backbone over the full working size."""
         return None
+
+    def _feature_precision(self) -> str:
+        dt = self.extractor.autocast_dtype if self.extractor is not None and self.device.type != "cpu" else None
+        return {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}.get(dt, "fp32")
+
+    def inference_note(self) -> str:
+        """How the frozen backbone ran, for the protocol sentence (precision, images per U-Net pass)."""
+        s = self.model_cfg.image_size
+        per = self.extractor.images_per_pass(s, s) if self.extractor is not None else 1
+        return (f"TextDiff features: {self._feature_precision()}, {len(self.model_cfg.timesteps)} noise levels and up to "
+                f"{per} images per backbone pass.")
 
     def trainable_report(self) -> dict[str, int]:
         """Trainable parameters per part (the paper counts only these: 9.68 M at its config)."""
