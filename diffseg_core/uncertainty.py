@@ -153,10 +153,12 @@ def auprc(scores: np.ndarray, positives: np.ndarray) -> float:
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman's rank correlation: the Pearson correlation of the average ranks of ``a`` and ``b`` (same
-    length n >= 2). NaN when either is constant."""
+    length n). NaN when n < 2 or either is constant (undefined)."""
     ra, rb = average_ranks(a), average_ranks(b)
-    if ra.size != rb.size or ra.size < 2:
-        raise ValueError(f"spearman: need two sequences of the same length >= 2, got {ra.size} and {rb.size}")
+    if ra.size != rb.size:
+        raise ValueError(f"spearman: need two sequences of the same length, got {ra.size} and {rb.size}")
+    if ra.size < 2:
+        return float("nan")
     ra, rb = ra - ra.mean(), rb - rb.mean()
     den = np.sqrt((ra ** 2).sum() * (rb ** 2).sum())
     return float((ra * rb).sum() / den) if den > 0 else float("nan")

@@ -39,8 +39,9 @@ def test_reliability_and_sparsification_curves():
     np.testing.assert_allclose(line.get_xdata(), [0.05, 2.9 / 3])   # only the two non-empty bins
     assert fig.axes[1].get_yscale() == "log"
     f = np.linspace(0, 0.4, 3)
-    fig = plot_sparsification(f, {"variance": [0.5, 0.6, 0.7]}, [0.5, 0.9, 1.0])
+    fig = plot_sparsification(f, {"variance": [0.5, 0.6, 0.7]}, [0.5, 0.9, 1.0], colors={"variance": "red"})
     ax = fig.axes[0]
+    assert ax.get_lines()[0].get_color() == "red"
     assert [l.get_label() for l in ax.get_lines()][:2] == ["variance", "oracle (errors referred first)"]
     assert ax.get_lines()[-1].get_ydata()[0] == 0.5            # random referral: flat at the full Dice
     with pytest.raises(ValueError, match="curve"):

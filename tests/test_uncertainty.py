@@ -70,6 +70,9 @@ def test_spearman_hand_value():
     assert U.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
     assert U.spearman([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
     assert np.isnan(U.spearman([1, 2, 3], [5, 5, 5]))
+    assert np.isnan(U.spearman([1], [2]))
+    with pytest.raises(ValueError, match="same length"):
+        U.spearman([1, 2], [1, 2, 3])
 
 
 # ---- calibration ----------------------------------------------------------------------------------

@@ -88,10 +88,11 @@ def plot_reliability(bins: Mapping[str, Mapping[str, Any]], title: str | None = 
 
 
 def plot_sparsification(fractions: Sequence[float], curves: Mapping[str, Sequence[float]], oracle: Sequence[float],
-                        ax: plt.Axes | None = None, title: str | None = None) -> Figure:
+                        ax: plt.Axes | None = None, title: str | None = None,
+                        colors: Mapping[str, Any] | None = None) -> Figure:
     """Dice of the kept pixels against the fraction referred: each curve of ``curves`` (name -> (F,)), the
     ``oracle`` (F,) dashed, and random referral (dotted, flat at the oracle's value at fraction 0, which is
-    the full Dice)."""
+    the full Dice). ``colors`` (name -> colour) keeps a score's colour the same across panels."""
     f = np.asarray(fractions, dtype=np.float64)
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -103,7 +104,7 @@ def plot_sparsification(fractions: Sequence[float], curves: Mapping[str, Sequenc
         c = np.asarray(c, dtype=np.float64)
         if c.shape != f.shape:
             raise ValueError(f"plot_sparsification: curve {name!r} has {c.shape}, fractions {f.shape}")
-        ax.plot(f, c, lw=1.4, label=name)
+        ax.plot(f, c, lw=1.4, label=name, color=(colors or {}).get(name))
     ax.plot(f, orc, "k--", lw=1.2, label="oracle (errors referred first)")
     ax.axhline(orc[0], color="grey", ls=":", lw=1, label="random referral")
     ax.set_xlabel("fraction of pixels referred (most uncertain first)")
