@@ -96,10 +96,25 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        """Rebuild a config saved by :meth:`to_dict`; a key this version does not know raises :class:`ConfigError`.
+
+        Unknown keys are refused rather than dropped: they come from a newer version of diffseg (or a
+        hand edit), and silently ignoring a setting would train or evaluate something else than recorded.
+        """
         d = dict(d)
-        d["data"] = DataConfig(**_known(DataConfig, d.get("data", {})))
-        d["train"] = TrainConfig(**_known(TrainConfig, d.get("train", {})))
-        return cls(**_known(cls, d))
+        unknown = [k for k in d if k not in _names(cls)]
+        for section, sub in (("data", DataConfig), ("train", TrainConfig)):
+            unknown += [f"{section}.{k}" for k in dict(d.get(section) or {}) if k not in _names(sub)]
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; this config was probably written by a newer "
+                              "version of diffseg: upgrade diffseg (pip install -U -e . in its checkout), or remove "
+                              "these keys to run it with this version")
+        missing = [k for k in ("method", "dataset", "preset") if k not in d]
+        if missing:
+            raise ConfigError(f"missing setting(s) {', '.join(missing)}; this is not a run config written by diffseg")
+        d["data"] = DataConfig(**dict(d.get("data") or {}))
+        d["train"] = TrainConfig(**dict(d.get("train") or {}))
+        return cls(**d)
 
     def summary(self) -> str:
         """A short multi-line description printed at the top of every run."""
@@ -111,9 +126,12 @@ class RunConfig:
         return "\n".join(lines)
 
 
-def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in fields(cls)}
-    return {k: v for k, v in d.items() if k in names}
+class ConfigError(ValueError):
+    """A saved config cannot be used by this version (unknown or missing settings)."""
+
+
+def _names(cls: type) -> set[str]:
+    return {f.name for f in fields(cls)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,11 +152,14 @@ DATA_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "gpu": dict(working_size=256, crop=256, batch_size=8),
         "paper": dict(working_size=256, crop=256, batch_size=3),
     },
+    # Hippocampus: no augmentation, as the official pipeline; flips and 90-degree rotations of an axial slice would
+    # move the anterior part (larger index on the second axis in every stored volume) to the posterior side.
     "hippocampus": {
-        "smoke": dict(working_size=None, crop=32, batch_size=8, hippocampus_max_volumes=4, max_eval_cases=40),
-        "cpu": dict(working_size=None, crop=32, batch_size=32),
-        "gpu": dict(working_size=None, crop=32, batch_size=64),
-        "paper": dict(working_size=None, crop=32, batch_size=128, overlap=0.75),
+        "smoke": dict(working_size=None, crop=32, batch_size=8, hippocampus_max_volumes=4, max_eval_cases=40,
+                      augment=False),
+        "cpu": dict(working_size=None, crop=32, batch_size=32, augment=False),
+        "gpu": dict(working_size=None, crop=32, batch_size=64, augment=False),
+        "paper": dict(working_size=None, crop=32, batch_size=128, overlap=0.75, augment=False),
     },
     "qata": {
         "smoke": dict(working_size=64, crop=64, batch_size=4, max_train_cases=4, max_eval_cases=2),

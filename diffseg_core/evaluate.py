@@ -1,7 +1,10 @@
 """Inference on whole images (sliding window) and scoring against ground truth.
 
 Metrics are computed at the dataset's working resolution (e.g. MoNuSeg at 512 x 512, as SegDiff/cDAL
-score it); hippocampus slices are stacked back into volumes and scored per volume, as in cDAL's Table 3.
+score it); hippocampus slices are stacked back into volumes (along the last axis, the axis they were cut
+along, so a volume is its stored NIfTI grid) and scored per volume, as in cDAL's Table 3. A 3-D method
+(``method.spatial_dims == 3``, the native 3-D cDAL of chapter 08) predicts whole volumes instead, tiled by
+MONAI's sliding window with c^3 windows (:func:`predict_volume`), and is scored the same way.
 """
 from __future__ import annotations
 
@@ -42,8 +45,38 @@ def predict_case(method: SegMethod, case: Case) -> np.ndarray:
     return probs[0].float().cpu().numpy()
 
 
+@torch.no_grad()
+def predict_volume(method: SegMethod, image: np.ndarray) -> np.ndarray:
+    """Class probabilities ``(K, X, Y, Z)`` of a 3-D method for one volume ``image`` ``(C, X, Y, Z)`` in [0, 1].
+
+    MONAI's sliding window with cubic windows of side ``method.inference_roi()`` (volumes smaller than the
+    window are padded with zeros, as in training), overlap ``cfg.data.overlap``, windows averaged.
+    """
+    method.eval()
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(method.device)
+    roi = method.inference_roi()
+    if roi is None:
+        probs = method.predict(x)
+    else:
+        probs = sliding_window_inference(x, roi_size=(roi,) * 3, sw_batch_size=4, predictor=lambda v: method.predict(v),
+                                         overlap=method.cfg.data.overlap, mode="constant")
+    return probs[0].float().cpu().numpy()
+
+
+def _predict_volumes(method: SegMethod, cases: Sequence[Case], progress: bool = False):
+    """A 3-D method's argmax predictions, targets and ids, one per volume the slice cases belong to."""
+    from tqdm.auto import tqdm
+
+    from .data.volumes import cases_to_volumes
+
+    vols = cases_to_volumes(cases)
+    preds = [predict_volume(method, v.image).argmax(0).astype(np.int64)
+             for v in tqdm(vols, desc="evaluate", disable=not progress, leave=False)]
+    return [v.label for v in vols], preds, [v.id for v in vols]
+
+
 def _group_volumes(cases: Sequence[Case], preds: Sequence[np.ndarray]):
-    """Stack 2-D slice predictions back into volumes when cases carry ``meta['volume']``."""
+    """Stack 2-D slice predictions back into ``(X, Y, Z)`` volumes when cases carry ``meta['volume']``."""
     if not cases or "volume" not in cases[0].meta:
         return [c.label for c in cases], list(preds), [c.id for c in cases]
     groups: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = defaultdict(list)
@@ -52,42 +85,98 @@ def _group_volumes(cases: Sequence[Case], preds: Sequence[np.ndarray]):
     targets, outs, ids = [], [], []
     for vid, items in groups.items():
         items.sort(key=lambda it: it[0])
-        outs.append(np.stack([it[1] for it in items]))
-        targets.append(np.stack([it[2] for it in items]))
+        outs.append(np.stack([it[1] for it in items], axis=-1))
+        targets.append(np.stack([it[2] for it in items], axis=-1))
         ids.append(vid)
     return targets, outs, ids
 
 
-def evaluate_cases(method: SegMethod, cases: Sequence[Case], protocol: str = "", progress: bool = False) -> dict[str, Any]:
+def evaluate_cases(method: SegMethod, cases: Sequence[Case], protocol: str = "", progress: bool = False,
+                   keep_predictions: bool = False) -> dict[str, Any]:
     """Predict every case and score it.
 
-    Returns the keys of :func:`~diffseg_core.metrics.segmentation_scores` plus ``seconds_per_image``,
-    ``ids`` (per scored image/volume, aligned with ``per_image_dice``) and ``protocol``.
+    Returns the keys of :func:`~diffseg_core.metrics.segmentation_scores` plus ``seconds_per_image`` (per
+    case, i.e. per slice for volume datasets, also for 3-D methods), ``ids`` (per scored image/volume,
+    aligned with ``per_image_dice``) and ``protocol``; with ``keep_predictions`` also ``predictions``
+    (id -> predicted label map, ``(X, Y, Z)`` for volumes; not JSON-serialisable).
     """
     if not cases:
         raise ValueError("no cases to evaluate (is the split empty? use --split all for a folder without splits)")
     from tqdm.auto import tqdm
 
-    preds = []
     t0 = time.perf_counter()
-    for case in tqdm(cases, desc="evaluate", disable=not progress, leave=False):
-        preds.append(predict_case(method, case).argmax(0).astype(np.int64))
-    seconds = time.perf_counter() - t0
-    targets, preds, ids = _group_volumes(cases, preds)
+    if getattr(method, "spatial_dims", 2) == 3:
+        targets, preds, ids = _predict_volumes(method, cases, progress)
+        seconds = time.perf_counter() - t0
+    else:
+        preds = []
+        for case in tqdm(cases, desc="evaluate", disable=not progress, leave=False):
+            preds.append(predict_case(method, case).argmax(0).astype(np.int64))
+        seconds = time.perf_counter() - t0
+        targets, preds, ids = _group_volumes(cases, preds)
     scores = segmentation_scores(preds, targets, method.info.num_classes, method.info.class_names)
     scores["ids"] = ids
     scores["seconds_per_image"] = seconds / len(cases)
     scores["protocol"] = protocol
+    if keep_predictions:
+        scores["predictions"] = dict(zip(ids, preds))
     return scores
 
 
-def describe_protocol(cfg, split: str, n_images: int, checkpoint: str, volumes: bool = False) -> str:
-    """A one-sentence protocol label for a result row."""
+def limit_cases(cases: Sequence[Case], limit: int | None) -> list[Case]:
+    """The cases to score: all of them, or the first ``limit`` images (volumes, for slices) in the split's order.
+
+    Evaluation never caps silently: a subset is only taken when asked for (``evaluate --limit N``), and the
+    JSON and the protocol sentence then say how many of how many were scored.
+    """
+    cases = list(cases)
+    if limit is None:
+        return cases
+    if limit < 1:
+        raise ValueError(f"--limit {limit}: must be at least 1; leave it out to score every image")
+    if cases and "volume" in cases[0].meta:
+        keep: list[str] = []
+        for c in cases:
+            if c.meta["volume"] not in keep:
+                keep.append(c.meta["volume"])
+        chosen = set(keep[:limit])
+        return [c for c in cases if c.meta["volume"] in chosen]
+    return cases[:limit]
+
+
+def count_units(cases: Sequence[Case]) -> int:
+    """Images, or volumes when the cases are slices (``meta['volume']``)."""
+    if cases and "volume" in cases[0].meta:
+        return len({c.meta["volume"] for c in cases})
+    return len(cases)
+
+
+def describe_protocol(cfg, split: str, n_images: int, checkpoint: str, volumes: bool = False,
+                      n_available: int | None = None, note: str = "") -> str:
+    """A one-sentence protocol label for a result row.
+
+    ``n_available`` (when a subset was scored with ``--limit``) says of how many; ``note`` is appended
+    (e.g. that GPU kernels are not bitwise reproducible).
+    """
     size = f"resized to {cfg.data.working_size}x{cfg.data.working_size}" if cfg.data.working_size else "native size"
     unit = "volumes" if volumes else "images"
+    scored = (f"the first {n_images} of {n_available} {unit} (--limit {n_images})"
+              if n_available is not None and n_available != n_images else f"{n_images} {unit}")
+    if int(dict(cfg.model).get("spatial_dims", 2)) == 3:  # a 3-D model tiles whole volumes
+        c = cfg.data.crop
+        return (f"{cfg.method} 3-D on {cfg.dataset} (native size; whole volumes, sliding-window {c}x{c}x{c} "
+                f"windows, overlap {cfg.data.overlap}); {split} split, {scored}; checkpoint: {checkpoint}; "
+                f"Dice/IoU as per-{unit[:-1]} means (*_mean) and pooled over {unit} (*_global); preset {cfg.preset}, "
+                f"seed {cfg.seed}." + (f" {note}" if note else ""))
+    backbone = ""
+    if cfg.method == "textdiff":  # which frozen diffusion model produced the features (the paper's ADM-256 or not)
+        from .textdiff.backbone import backbone_label
+
+        backbone = f"; {backbone_label(cfg.model.get('backbone'))}"
     return (f"{cfg.method} on {cfg.dataset} ({size}; sliding-window tiles of {cfg.data.crop} px, overlap "
-            f"{cfg.data.overlap}); {split} split, {n_images} {unit}; checkpoint: {checkpoint}; Dice/IoU as "
-            f"per-{unit[:-1]} means (*_mean) and pooled over {unit} (*_global); preset {cfg.preset}, seed {cfg.seed}.")
+            f"{cfg.data.overlap}); {split} split, {scored}; checkpoint: {checkpoint}; Dice/IoU as "
+            f"per-{unit[:-1]} means (*_mean) and pooled over {unit} (*_global); preset {cfg.preset}, seed {cfg.seed}"
+            f"{backbone}." + (f" {note}" if note else ""))
 
 
 def result_row(model: str, scores: dict[str, Any], data: str, history: Any = None, protocol: str | None = None,

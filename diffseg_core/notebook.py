@@ -74,18 +74,29 @@ _FAMILY = {"monuseg": "nuclei", "qata": "lung", "cxr": "lung", "hippocampus": "h
 
 def setup_notebook(name: str, preset: str = "auto", data_root: str = "", seed: int = 0,
                    verbose: bool = True) -> NotebookContext:
-    """Resolve preset and device, seed everything, style matplotlib; print one environment line."""
+    """Resolve preset and device, seed everything, style matplotlib and tables; print one environment line."""
     from .plots import use_book_style
 
     preset = resolve_preset(preset)
     device = pick_device("auto")
     seed_everything(seed)
     use_book_style()
+    _show_tables_whole()
     ctx = NotebookContext(name=name, preset=preset, device=device, seed=seed, data_root=data_root or "")
     if verbose:
         print(f"diffseg | notebook {name} | preset={preset} | device={describe_device(device)} | seed={seed} | "
               f"python {platform.python_version()} | torch {torch.__version__} | data root: {data_root or '(none: synthetic)'}")
     return ctx
+
+
+def _show_tables_whole() -> None:
+    """pandas shows every table cell in full (its default cuts text to 50 characters, hiding protocols)."""
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas is a dependency
+        return
+    pd.set_option("display.max_colwidth", None)
+    pd.set_option("display.max_columns", None)
 
 
 def show_source(obj: Any, lines: tuple[int, int] | None = None) -> None:

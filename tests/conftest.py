@@ -9,6 +9,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DIFFSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+#: fact files (names and shapes of the authors' checkpoints), beside the shared data
+SHARED_OFFICIAL = Path(os.environ.get("DIFFSEG_SHARED_OFFICIAL", SHARED_DATA.parent / "official"))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -34,3 +36,37 @@ def cxr_root() -> Path:
 @pytest.fixture
 def hippocampus_root() -> Path:
     return shared_dataset("hippocampus")
+
+
+@pytest.fixture(scope="session")
+def smoke_book(tmp_path_factory):
+    """The main job on the ``smoke`` preset, run once per test session: ``(out_dir, exit_status)``.
+
+    Shared by the book test and the browser test (``pytest -m browser``), so the book is built once.
+    """
+    from diffseg_core.book import run_main_job
+
+    out = tmp_path_factory.mktemp("smoke_book")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("DIFFSEG_DATA", raising=False)
+        mp.setenv("MPLBACKEND", "Agg")
+        status = run_main_job(preset="smoke", data_root="", out=out)
+    return out, status
+
+
+def official_facts(name: str) -> dict:
+    """``../shared/official/<name>.json`` (names, shapes and save format of an official checkpoint), parsed;
+    skips the calling test (with the reason) when the fact files are absent."""
+    import json
+
+    path = SHARED_OFFICIAL / f"{name}.json"
+    if not path.is_file():
+        pytest.skip(f"official fact file {path} is not present (it lives in ../shared/official, read-only)")
+    return json.loads(path.read_text())
+
+
+@pytest.fixture
+def official_root() -> Path:
+    if not SHARED_OFFICIAL.is_dir():
+        pytest.skip(f"official fact files {SHARED_OFFICIAL} are not present (they live in ../shared/official)")
+    return SHARED_OFFICIAL

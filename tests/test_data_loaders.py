@@ -80,8 +80,13 @@ def test_wrong_channel_count_names_the_file(tmp_path):
     _gray(tmp_path / "gray.png")
     with pytest.raises(DataError, match="gray.png.*expected an RGB image"):
         read_image(tmp_path / "gray.png", 3)
-    rgb = _rgb(tmp_path / "rgb.png")  # an RGB X-ray is averaged over channels (cDAL does the same)
+    grey = _gray(tmp_path / "unused.png").astype(np.int16)  # an X-ray saved as RGB, channels nearly equal
+    rgb = np.clip(np.stack([grey, grey + 1, grey - 1], -1), 0, 255).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")  # averaged over channels (cDAL does the same)
     np.testing.assert_allclose(read_image(tmp_path / "rgb.png", 1)[0], rgb.mean(-1) / 255, atol=1e-6)
+    _rgb(tmp_path / "colour.png")  # a real colour image is not an X-ray
+    with pytest.raises(DataError, match="colour.png: expected a grayscale image, got a colour one"):
+        read_image(tmp_path / "colour.png", 1)
 
 
 def test_mask_not_binary_names_the_file(tmp_path):
@@ -285,7 +290,7 @@ def test_hippocampus_msd_layout_minmax_slices_and_round_trip(tmp_path):
     (root / "dataset.json").write_text(json.dumps({"training": [
         {"image": f"./imagesTr/hippocampus_{i:03d}.nii.gz", "label": f"./labelsTr/hippocampus_{i:03d}.nii.gz"}
         for i in range(1, 5)]}))
-    ds = load_hippocampus(root, seed=0)
+    ds = load_hippocampus(root, seed=0, intensity="minmax")
     assert ds.class_names == ("background", "anterior", "posterior") and len(ds) == 4 * 5
     assert find_dataset_root("hippocampus", tmp_path) == root
     for vid, (img, lab) in vols.items():

@@ -101,10 +101,70 @@ def test_nuclei_sentences_describe_their_masks_and_vary():
 
 
 def test_nuclei_are_darker_and_bluer_than_the_background():
-    image, label, _ = make_nuclei(128, np.random.default_rng(1), pattern="even")
-    nuc, bg = image[:, label == 1].mean(1), image[:, label == 0].mean(1)
-    assert nuc.mean() < bg.mean() - 0.15  # haematoxylin absorbs more light
-    assert nuc[2] > nuc[1] and bg[0] > bg[1]  # purple nuclei (B > G), pink background (R > G)
+    gaps = []
+    for i in range(10):
+        image, label, _ = make_nuclei(128, np.random.default_rng(i), pattern="even")
+        nuc, bg = image[:, label == 1].mean(1), image[:, label == 0].mean(1)
+        gaps.append(bg.mean() - nuc.mean())
+        assert gaps[-1] > 0.05, i  # haematoxylin absorbs more light, on every tile ...
+        assert nuc[2] > nuc[1] and bg[0] > bg[1], i  # purple nuclei (B > G), pink background (R > G)
+    assert np.mean(gaps) > 0.12  # ... but by varying amounts: some tiles are pale, some dark
+
+
+def _components(mask: np.ndarray) -> list[int]:
+    """Sizes of the 4-connected components of a binary mask (a small flood fill, for tests only)."""
+    seen = np.zeros_like(mask, dtype=bool)
+    sizes = []
+    for start in zip(*np.nonzero(mask)):
+        if seen[start]:
+            continue
+        stack, n = [start], 0
+        seen[start] = True
+        while stack:
+            y, x = stack.pop()
+            n += 1
+            for yy, xx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
+                if 0 <= yy < mask.shape[0] and 0 <= xx < mask.shape[1] and mask[yy, xx] and not seen[yy, xx]:
+                    seen[yy, xx] = True
+                    stack.append((yy, xx))
+        sizes.append(n)
+    return sizes
+
+
+def test_nuclei_are_hard_on_purpose():
+    """Touching/overlapping nuclei, varied sizes, varied stains: the default data must not be trivial."""
+    tiles = [make_nuclei(128, np.random.default_rng([3, i]), pattern="even") for i in range(8)]
+    merged = 0
+    for _, label, _ in tiles:
+        sizes = np.array(_components(label > 0))
+        merged += int((sizes > 2.5 * np.median(sizes)).sum())  # blobs of several touching nuclei
+        assert sizes.max() > 4 * sizes.min()  # small and large nuclei in one tile
+    assert merged >= 8, merged
+    background = np.array([im[:, lb == 0].mean(1) for im, lb, _ in tiles])
+    assert background.std(0).max() > 0.02  # the stain and illumination differ between tiles
+    # a threshold on darkness does not segment them: the best global threshold on the mean intensity
+    # leaves a clear error (the pale nuclei, the blur, the unlabelled look-alikes)
+    im, lb, _ = tiles[0]
+    gray, fg = im.mean(0).ravel(), lb.ravel() > 0
+    dice = max(2 * (fg & (gray < t)).sum() / (fg.sum() + (gray < t).sum()) for t in np.quantile(gray, np.linspace(0.05, 0.6, 23)))
+    assert dice < 0.9, dice
+
+
+@pytest.mark.parametrize(("pattern", "words"), [("quadrant", ("is high",)), ("sparse", ("sparsely",)),
+                                                ("even", ("evenly", "irregularly"))])
+def test_density_patterns_give_their_sentences(pattern, words):
+    """The sentence is computed from the mask; the layouts are drawn so that it usually says what they meant."""
+    texts = [make_nuclei(96, np.random.default_rng([7, i]), pattern=pattern)[2] for i in range(12)]
+    hits = sum(any(w in t for w in words) for t in texts)
+    assert hits >= 10, texts
+
+
+def test_sentences_stay_true_at_the_working_size():
+    ds = synthetic_dataset("nuclei", n_cases=6, size=128, seed=2, working_size=64)
+    for case in ds.cases:
+        assert case.label.shape == (64, 64) and case.text == describe_density(case.label)
+    ds = synthetic_dataset("lung", n_cases=4, size=96, seed=2, working_size=48)
+    assert all(c.text == describe_lungs(c.label) for c in ds.cases)
 
 
 def test_lungs_are_two_dark_fields():
@@ -115,6 +175,18 @@ def test_lungs_are_two_dark_fields():
     body = image[0] > 0.25
     assert image[0][label == 1].mean() < image[0][body & (label == 0)].mean() - 0.1
     assert text == describe_lungs(label)
+
+
+def test_lungs_vary_and_are_not_just_the_dark_pixels():
+    cases = [make_lung(96, np.random.default_rng([5, i])) for i in range(12)]
+    areas = np.array([lb.mean() for _, lb, _ in cases])
+    assert areas.std() > 0.01  # lung fields of different sizes
+    assert len({t for *_, t in cases}) >= 2  # and different sentences
+    for im, lb, t in cases:
+        assert lb[:, 46:50].sum() == 0 and t == describe_lungs(lb)
+    # in some images part of a lung is brighter than the median of the non-lung body (opacities, vessels)
+    brighter = [float((im[0][lb == 1] > np.median(im[0][(lb == 0) & (im[0] > 0.2)])).mean()) for im, lb, _ in cases]
+    assert max(brighter) > 0.005, brighter
 
 
 def test_hippocampus_volume_has_adjacent_anterior_and_posterior_parts():
@@ -128,6 +200,17 @@ def test_hippocampus_volume_has_adjacent_anterior_and_posterior_parts():
     # adjacent: some anterior voxel touches a posterior one along the second axis
     assert np.any((label[:, 1:, :] == 1) & (label[:, :-1, :] == 2))
     assert 0.01 < (label > 0).mean() < 0.12
+
+
+def test_hippocampus_has_grey_matter_contrast():
+    """T1-like: the structure is about as bright as the tissue just around it (no easy threshold)."""
+    for i in range(4):
+        image, label = make_hippocampus_volume(np.random.default_rng(i))
+        inside = torch.from_numpy((label > 0).astype(np.float32))[None, None]
+        ring = (torch.nn.functional.max_pool3d(inside, 5, stride=1, padding=2)[0, 0].numpy() > 0) & (label == 0)
+        gap = abs(image[label > 0].mean() - image[ring].mean())
+        assert gap < 0.15, (i, gap)
+        assert image[label > 0].std() > 0.02  # noise and bias field, not a flat region
 
 
 def test_hippocampus_family_is_sliced_and_split_by_volume():

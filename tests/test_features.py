@@ -111,22 +111,46 @@ def test_feature_cache_computes_once_and_evicts():
     assert fx.image_key(imgs[0]) == fx.image_key(imgs[0].clone()) != fx.image_key(imgs[1])
 
 
-def test_pretrain_caches_and_reuses_checkpoint(tmp_path):
+def test_pretrain_caches_and_reuses_checkpoint(tmp_path, capsys):
     images = torch.rand(3, 3, 32, 32)
     unet, losses = pretrain_ddpm(images, "smoke", steps=3, run_dir=tmp_path, seed=0, progress=False,
                                  device=torch.device("cpu"))
     assert len(losses) == 3 and all(l > 0 for l in losses)
     assert (tmp_path / "backbone.pt").is_file()
     assert not any(p.requires_grad for p in unet.parameters())
+    capsys.readouterr()
     again, losses2 = pretrain_ddpm(images, "smoke", steps=3, run_dir=tmp_path, progress=False,
                                    device=torch.device("cpu"))
+    assert "backbone: reusing the cached" in capsys.readouterr().out, "the log says when the cache is used"
     assert losses2 == losses
     for (k, a), (_, b) in zip(unet.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), k
-    with pytest.raises(ValueError, match="trained with"):
-        pretrain_ddpm(images, "smoke", steps=5, run_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         pretrain_ddpm(images * 3, "smoke", steps=1)
+
+
+@pytest.mark.parametrize("change,why", [
+    (dict(images=torch.rand(3, 3, 32, 32)), "training images"),   # another dataset (or other images of it)
+    (dict(seed=1), "seed"),
+    (dict(steps=4), "DDPM settings"),
+    (dict(crop=16), "DDPM settings"),
+])
+def test_backbone_cache_is_keyed_on_everything_that_determines_it(tmp_path, capsys, change, why):
+    """A cached backbone is never served for other images, another seed or other DDPM settings: it is retrained."""
+    from diffseg_core.checkpoint import load_checkpoint
+
+    base = dict(images=torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)), seed=0, steps=3)
+    pretrain_ddpm(base["images"], "smoke", steps=base["steps"], run_dir=tmp_path, seed=base["seed"], progress=False,
+                  device=torch.device("cpu"))
+    first = load_checkpoint(tmp_path / "backbone.pt")
+    args = {**base, **change}
+    capsys.readouterr()
+    _, losses = pretrain_ddpm(args.pop("images"), "smoke", run_dir=tmp_path, progress=False, device=torch.device("cpu"),
+                              **args)
+    out = capsys.readouterr().out
+    assert f"not reusing {tmp_path / 'backbone.pt'}" in out and why in out and "reusing the cached" not in out
+    second = load_checkpoint(tmp_path / "backbone.pt")
+    assert second["cache_key"] != first["cache_key"] and len(losses) == args.get("steps", 3)
 
 
 def test_load_backbone_formats(tmp_path, unet):

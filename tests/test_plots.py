@@ -78,3 +78,14 @@ def test_to_hwc_accepts_chw_hwc_and_gray():
     assert plots.to_hwc(np.zeros((1, 5, 7))).shape == (5, 7, 3)
     assert plots.to_hwc(np.full((5, 7), 2.0)).max() == 1.0  # clipped to [0, 1]
     assert plots.to_hwc(torch.zeros(3, 4, 4)).shape == (4, 4, 3)
+
+
+def test_results_table_shows_every_protocol_whole():
+    protocol = "unet on synthetic (resized to 256x256; sliding-window tiles of 64 px); test split, 5 images; " * 3
+    df = results_table([{"model": "a", "dice_mean": 0.5, "protocol": protocol},
+                        {"model": "paper", "dice_mean": 0.8, "iou_mean": None, "protocol": "quoted <Table 2>"}])
+    assert list(df.columns)[-1] == "protocol"
+    html = df._repr_html_()
+    assert 'class="dataframe results-table"' in html
+    assert html.count('<tr class="protocol">') == 2 and protocol in html  # not cut at 50 characters
+    assert "quoted &lt;Table 2&gt;" in html and "\u2014" in html  # escaped; a missing value is a dash

@@ -72,7 +72,7 @@ def test_q_sample_mean_and_variance_monte_carlo():
     for level in (1, 2, 4):
         x = q_sample(s, x0, torch.full((n,), level, dtype=torch.long))
         abar = s.alphas_cumprod[level].item()
-        assert x.mean().item() == pytest.approx(math.sqrt(abar) * 0.7, abs=0.01)   # sqrt(abar) x0 (Eq. 2)
+        assert x.mean().item() == pytest.approx(math.sqrt(abar) * 0.7, abs=0.01)   # sqrt(abar) x0 (closed-form forward process, unnumbered in cDAL)
         assert x.var().item() == pytest.approx(1 - abar, abs=0.01)                  # 1 - abar, not (1-abar)^2
 
 

@@ -13,7 +13,7 @@ from diffseg_core.config import override
 from diffseg_core.methods import get_config
 from diffseg_core.data import load_dataset
 from diffseg_core.methods.unet import UNetMethod
-from diffseg_core.train import TrainingDiverged, load_run, run_training
+from diffseg_core.train import RunFolderError, TrainingDiverged, load_run, run_training
 
 
 def _tiny(steps=8, val_every=4, preset="smoke"):
@@ -57,7 +57,7 @@ def test_resume_continues_from_last_checkpoint(tmp_path):
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     cfg, ds = _tiny(steps=2)
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(RunFolderError, match="no checkpoint"):
         run_training(cfg, ds, run_dir=tmp_path, resume=True, progress=False, verbose=False)
 
 
@@ -107,5 +107,5 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"], "no temporary file left behind"
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="could not be read"):
+    with pytest.raises(RuntimeError, match="truncated or corrupt and cannot be read"):
         load_checkpoint(bad)

@@ -29,6 +29,10 @@ class CDALConfig:
     Optimisation: Adam ``lr_g``, ``lr_d``, ``betas``; R1 ``r1_gamma`` every ``lazy_reg`` steps (1 = every
     step); ``adv_weight`` for the optional DDGAN adversarial G term (0 = faithful).
     ``image_norm``: 'monuseg' (official per-channel mean/std) or 'symmetric' (2x - 1).
+    ``ema_decay``: exponential moving average of G's weights used for validation and prediction (0 = off;
+    0.999 for Hippocampus, as the official Hippocampus training; :mod:`diffseg_core.cdal.ema`).
+    ``spatial_dims``: 2 (the paper: images, or slices of a volume) or 3 (native 3-D cDAL on volume patches,
+    chapter 08; the same widths with 3-D convolutions).
     """
 
     timesteps: int = 4
@@ -67,6 +71,9 @@ class CDALConfig:
     lr_d: float = 1e-4
     betas: tuple[float, float] = (0.5, 0.9)
     image_norm: str = "monuseg"
+    # generator EMA and dimensionality (chapter 08)
+    ema_decay: float = 0.0
+    spatial_dims: int = 2
 
     def __post_init__(self) -> None:
         for name in ("ch_mult", "attn_resolutions", "d_stages", "betas"):
@@ -79,6 +86,10 @@ class CDALConfig:
             raise ValueError(f"cdal: image_norm must be 'monuseg' or 'symmetric', got {self.image_norm!r}")
         if self.timesteps < 1 or self.ensemble < 1 or self.val_ensemble < 1:
             raise ValueError("cdal: timesteps, ensemble and val_ensemble must be >= 1")
+        if not 0.0 <= float(self.ema_decay) < 1.0:
+            raise ValueError(f"cdal: ema_decay must be in [0, 1) (0 = no EMA), got {self.ema_decay!r}")
+        if self.spatial_dims not in (2, 3):
+            raise ValueError(f"cdal: spatial_dims must be 2 (slices) or 3 (volumes), got {self.spatial_dims!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CDALConfig":
@@ -100,7 +111,18 @@ class CDALConfig:
           except the mandatory middle one, avg-pool re-sampling, a 3-stage D with ngf 8 (stage 3 = 1/8),
           1 image-encoder block, R1 every 10 steps, higher learning rates for a short run.
         * ``smoke``: a few seconds: nf 8, 2 levels, tiny D.
+
+        Hippocampus keeps an EMA of G (decay 0.999) at every preset, as the official Hippocampus training
+        does; the other datasets have none (``ema_decay=0``), as in their official code. ``spatial_dims=3``
+        (an override, e.g. ``--spatial-dims 3``) keeps every width and switches to 3-D layers.
         """
+        cfg = cls._for_preset(preset, dataset)
+        if {"qata": "cxr", "synthetic": "monuseg"}.get(dataset, dataset) == "hippocampus":
+            cfg.ema_decay = 0.999
+        return cfg
+
+    @classmethod
+    def _for_preset(cls, preset: str, dataset: str) -> "CDALConfig":
         family = {"qata": "cxr", "synthetic": "monuseg"}.get(dataset, dataset)
         norm = "monuseg" if dataset == "monuseg" else "symmetric"
         if preset == "paper":

@@ -25,6 +25,11 @@ Feature maps for the attention (decision D5/D8): after every forward the per-sta
 ``self.feature_maps`` (index 0 = start conv, index i = block i); :meth:`features` returns them without
 building a graph. "Attention scale" is a **depth**: :meth:`stage_for_scale` maps a down-sampling factor
 (4, 8, 16 = 1/4, 1/8, 1/16 of the input; 64/32/16 px at 256) to the stage index (2/3/4 for the large D).
+
+**Native 3-D** (chapter 08, our extension): ``spatial_dims=3`` builds the same discriminator with
+``nn.Conv3d`` (chosen at construction, so 2-D parameter names and counts do not change); it judges pairs of
+label volumes (B, Cl, D, H, W), sums its last feature map over all voxels, and :func:`spatial_attention`
+up-samples the channel mean trilinearly.
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import fir_downsample, init_conv, init_linear, timestep_embedding
+from .layers import broadcast_channels, check_spatial_dims, down, init_conv, init_linear, timestep_embedding
 
 if TYPE_CHECKING:
     from .config import CDALConfig
@@ -47,22 +52,23 @@ __all__ = ["DownConvBlock", "TimeConditionedDiscriminator", "spatial_attention",
 class DownConvBlock(nn.Module):
     """``LReLU -> conv3x3 -> + Linear(t_emb) -> LReLU -> (down) -> conv3x3(~0)``, skip ``(down) -> 1x1 conv``, sum / sqrt 2.
 
-    ``x`` (B, Cin, H, W), ``temb`` (B, t_emb_dim) -> (B, Cout, H/2 or H, W/2 or W).
+    ``x`` (B, Cin, H, W), ``temb`` (B, t_emb_dim) -> (B, Cout, H/2 or H, W/2 or W); 3-D alike (B, Cin, D, H, W).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, t_emb_dim: int, downsample: bool = True, resample: str = "fir") -> None:
+    def __init__(self, in_ch: int, out_ch: int, t_emb_dim: int, downsample: bool = True, resample: str = "fir",
+                 spatial_dims: int = 2) -> None:
         super().__init__()
-        self.conv1 = init_conv(in_ch, out_ch, 3)
-        self.conv2 = init_conv(out_ch, out_ch, 3, init_scale=0.0)
+        self.conv1 = init_conv(in_ch, out_ch, 3, spatial_dims=spatial_dims)
+        self.conv2 = init_conv(out_ch, out_ch, 3, init_scale=0.0, spatial_dims=spatial_dims)
         self.dense_t = init_linear(t_emb_dim, out_ch)
-        self.skip = init_conv(in_ch, out_ch, 1, bias=False)
+        self.skip = init_conv(in_ch, out_ch, 1, bias=False, spatial_dims=spatial_dims)
         self.downsample, self.resample = downsample, resample
 
     def _down(self, x: torch.Tensor) -> torch.Tensor:
-        return fir_downsample(x) if self.resample == "fir" else F.avg_pool2d(x, 2)
+        return down(x, self.resample)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(F.leaky_relu(x, 0.2)) + self.dense_t(temb)[:, :, None, None]
+        out = self.conv1(F.leaky_relu(x, 0.2)) + broadcast_channels(self.dense_t(temb), x)
         out = F.leaky_relu(out, 0.2)
         if self.downsample:
             out, x = self._down(out), self._down(x)
@@ -81,12 +87,14 @@ class TimeConditionedDiscriminator(nn.Module):
         resample: 'fir' ([1,3,3,1]) or 'avg' (2x2 average pooling).
         init: 'normal' (conv weights ~ N(0, 0.02), MoNuSeg/CXR) or 'default' (variance scaling).
         stddev_group: minibatch-stddev group size (4; reduced to a divisor of the batch when needed).
+        spatial_dims: 2 (label maps, the paper) or 3 (label volumes, chapter 08).
     """
 
     def __init__(self, in_channels: int = 2, ngf: int = 64, channel_mults: Sequence[int] = (4, 8, 8, 8, 8, 8),
                  downsample: Sequence[bool] | None = None, t_emb_dim: int = 256, resample: str = "fir",
-                 init: str = "normal", stddev_group: int = 4) -> None:
+                 init: str = "normal", stddev_group: int = 4, spatial_dims: int = 2) -> None:
         super().__init__()
+        self.spatial_dims = dims = check_spatial_dims(spatial_dims, "TimeConditionedDiscriminator")
         if resample not in ("fir", "avg"):
             raise ValueError(f"TimeConditionedDiscriminator: resample must be 'fir' or 'avg', got {resample!r}")
         if init not in ("normal", "default"):
@@ -96,11 +104,11 @@ class TimeConditionedDiscriminator(nn.Module):
             raise ValueError("TimeConditionedDiscriminator: downsample and channel_mults must have the same length")
         self.in_channels, self.t_emb_dim, self.stddev_group = in_channels, t_emb_dim, stddev_group
         self.t_embed = nn.Sequential(init_linear(t_emb_dim, t_emb_dim), nn.LeakyReLU(0.2), init_linear(t_emb_dim, t_emb_dim))
-        self.start_conv = init_conv(in_channels, 2 * ngf, 1)
+        self.start_conv = init_conv(in_channels, 2 * ngf, 1, spatial_dims=dims)
         chans = [2 * ngf] + [ngf * m for m in channel_mults]
-        self.blocks = nn.ModuleList([DownConvBlock(chans[i], chans[i + 1], t_emb_dim, downsample[i], resample)
+        self.blocks = nn.ModuleList([DownConvBlock(chans[i], chans[i + 1], t_emb_dim, downsample[i], resample, dims)
                                      for i in range(len(channel_mults))])
-        self.final_conv = init_conv(chans[-1] + 1, chans[-1], 3)
+        self.final_conv = init_conv(chans[-1] + 1, chans[-1], 3, spatial_dims=dims)
         self.end_linear = init_linear(chans[-1], 1)
         # cumulative down-sampling factor of each stage (index 0 = start conv)
         self.stage_factors = [1]
@@ -109,7 +117,7 @@ class TimeConditionedDiscriminator(nn.Module):
         self.feature_maps: list[torch.Tensor] = []
         if init == "normal":
             for m in self.modules():
-                if isinstance(m, nn.Conv2d):
+                if isinstance(m, (nn.Conv2d, nn.Conv3d)):
                     nn.init.normal_(m.weight, 0.0, 0.02)
 
     def num_parameters(self) -> int:
@@ -123,6 +131,8 @@ class TimeConditionedDiscriminator(nn.Module):
         return self.stage_factors.index(scale)
 
     def _stages(self, x_less: torch.Tensor, x_more: torch.Tensor, t: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        if x_less.ndim != 2 + self.spatial_dims:
+            raise ValueError(f"discriminator: inputs must have {self.spatial_dims} spatial axes, got {tuple(x_less.shape)}")
         if x_less.shape != x_more.shape or x_less.shape[1] * 2 != self.in_channels:
             raise ValueError(f"discriminator: pair shapes {tuple(x_less.shape)} and {tuple(x_more.shape)} must match and "
                              f"together have {self.in_channels} channels")
@@ -143,16 +153,19 @@ class TimeConditionedDiscriminator(nn.Module):
         return g
 
     def forward(self, x_less: torch.Tensor, x_more: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Logits (B,) for the pair (x_less (B, Cl, H, W) at level t, x_more (B, Cl, H, W) at level t+1), t (B,)."""
+        """Logits (B,) for the pair (x_less (B, Cl, H, W) at level t, x_more (B, Cl, H, W) at level t+1), t (B,).
+
+        In 3-D the pair is (B, Cl, D, H, W) and the last feature map is summed over all voxels."""
         feats, out = self._stages(x_less, x_more, t)
         self.feature_maps = [f.detach() for f in feats]
-        b, c, h, w = out.shape
+        b, c, *spatial = out.shape
+        axes = tuple(range(2, 2 + len(spatial)))
         g = self._group(b)
-        std = out.reshape(g, -1, 1, c, h, w)                         # minibatch stddev (StyleGAN2), groups strided
-        std = torch.sqrt(std.var(0, unbiased=False) + 1e-8).mean([2, 3, 4], keepdim=True).squeeze(2)
-        out = torch.cat([out, std.repeat(g, 1, h, w)], dim=1)
+        std = out.reshape(g, -1, 1, c, *spatial)                     # minibatch stddev (StyleGAN2), groups strided
+        std = torch.sqrt(std.var(0, unbiased=False) + 1e-8).mean([a + 1 for a in axes] + [2], keepdim=True).squeeze(2)
+        out = torch.cat([out, std.repeat(g, 1, *spatial)], dim=1)
         out = F.leaky_relu(self.final_conv(out), 0.2)
-        return self.end_linear(out.sum(dim=(2, 3))).squeeze(1)
+        return self.end_linear(out.sum(dim=axes)).squeeze(1)
 
     @torch.no_grad()
     def features(self, x_less: torch.Tensor, x_more: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
@@ -162,28 +175,32 @@ class TimeConditionedDiscriminator(nn.Module):
         return feats
 
 
-def spatial_attention(features: Sequence[torch.Tensor], index: int, size: tuple[int, int],
+def spatial_attention(features: Sequence[torch.Tensor], index: int, size: tuple[int, ...],
                       norm: str = "raw") -> torch.Tensor:
     """cDAL's spatial attention map A_D = up( (1/C) sum_c F_c ) (unnumbered in cDAL; book/decisions.md, D6).
 
     Args:
-        features: per-stage maps of D (``features[index]`` is (B, C, h, w)).
+        features: per-stage maps of D (``features[index]`` is (B, C, h, w), or (B, C, d, h, w) in 3-D).
         index: the stage to use (:meth:`TimeConditionedDiscriminator.stage_for_scale`).
-        size: (H, W) of the label map; bilinear up-sampling, align_corners=False (PyTorch default).
+        size: (H, W) of the label map, or (D, H, W) in 3-D; bilinear (3-D: trilinear) up-sampling,
+            align_corners=False (PyTorch default).
         norm: 'raw' (faithful: the signed channel mean, no normalisation) or 'minmax' (rescaled per
             sample to [0, 1]; our option, because the raw map is ~0.01 at initialisation).
     Returns:
-        A (B, 1, H, W).
+        A (B, 1, H, W), or (B, 1, D, H, W).
     """
     if not 0 <= index < len(features):
         raise ValueError(f"spatial_attention: index {index} out of range for {len(features)} feature maps")
     if norm not in ("raw", "minmax"):
         raise ValueError(f"spatial_attention: norm must be 'raw' or 'minmax', got {norm!r}")
     a = features[index].mean(dim=1, keepdim=True)
-    a = F.interpolate(a, size=tuple(size), mode="bilinear", align_corners=False)
+    if len(size) != a.ndim - 2:
+        raise ValueError(f"spatial_attention: size {tuple(size)} does not match feature maps {tuple(a.shape)}")
+    a = F.interpolate(a, size=tuple(size), mode="bilinear" if a.ndim == 4 else "trilinear", align_corners=False)
     if norm == "minmax":
-        lo = a.amin(dim=(2, 3), keepdim=True)
-        hi = a.amax(dim=(2, 3), keepdim=True)
+        axes = tuple(range(2, a.ndim))
+        lo = a.amin(dim=axes, keepdim=True)
+        hi = a.amax(dim=axes, keepdim=True)
         a = (a - lo) / (hi - lo).clamp_min(1e-8)
     return a
 
@@ -209,4 +226,5 @@ def build_discriminator(cfg: "CDALConfig", label_ch: int) -> TimeConditionedDisc
     """The discriminator of a :class:`~diffseg_core.cdal.config.CDALConfig` for pairs of ``label_ch``-channel maps."""
     return TimeConditionedDiscriminator(in_channels=2 * label_ch, ngf=cfg.d_ngf, channel_mults=cfg.d_stages,
                                         downsample=cfg.d_downsample, t_emb_dim=cfg.d_t_emb_dim,
-                                        resample=cfg.d_resample, init=cfg.d_init)
+                                        resample=cfg.d_resample, init=cfg.d_init,
+                                        spatial_dims=getattr(cfg, "spatial_dims", 2))

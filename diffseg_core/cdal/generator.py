@@ -35,6 +35,12 @@ Choices against the official code (documented here because they change behaviour
 * GroupNorm group counts are ``min(C // 4, 32)`` in the body (as in the code) and the largest divisor of C
   that is <= 32 in the image encoder (the code hard-codes 32 groups, which fails for nf < 32; identical
   whenever nf is a multiple of 32).
+
+**Native 3-D** (chapter 08; our extension, the paper names slice-wise processing as its limitation):
+``spatial_dims=3`` builds the same network with ``nn.Conv3d`` (chosen at construction by
+:func:`~diffseg_core.cdal.layers.conv_nd`, so the 2-D network keeps its parameter names, shapes and counts),
+3-D FIR or average-pool re-sampling and self-attention over all voxels of a level. Every tensor then has
+one more spatial axis: ``x_t`` (B, Cl, D, H, W), ``image`` (B, Ci, D, H, W).
 """
 from __future__ import annotations
 
@@ -45,8 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import (body_groups, depthwise_blur, down, encoder_groups, fir_kernel, init_conv, init_linear,
-                     timestep_embedding, up)
+from .layers import (avg_pool, body_groups, broadcast_channels, check_spatial_dims, conv_nd, depthwise_blur, down,
+                     encoder_groups, fir_kernel, init_conv, init_linear, timestep_embedding, up)
 
 if TYPE_CHECKING:
     from .config import CDALConfig
@@ -88,8 +94,9 @@ class MappingNetwork(nn.Module):
 class AdaptiveGroupNorm(nn.Module):
     """AdaGN: ``gamma(w) * GroupNorm(h) + beta(w)`` with (gamma, beta) = Linear(w) (book/decisions.md).
 
-    ``h`` (B, C, H, W), ``w`` (B, style_dim) -> (B, C, H, W). The GroupNorm has no affine parameters; the
-    Linear's bias starts at gamma = 1, beta = 0, so with a zero style the layer is a plain GroupNorm.
+    ``h`` (B, C, H, W) or (B, C, D, H, W), ``w`` (B, style_dim) -> same shape as ``h``. The GroupNorm has no
+    affine parameters; the Linear's bias starts at gamma = 1, beta = 0, so with a zero style the layer is a
+    plain GroupNorm.
     """
 
     def __init__(self, num_groups: int, channels: int, style_dim: int) -> None:
@@ -101,19 +108,20 @@ class AdaptiveGroupNorm(nn.Module):
             self.style.bias[channels:] = 0.0
 
     def forward(self, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        gamma, beta = self.style(w)[:, :, None, None].chunk(2, dim=1)
+        gamma, beta = broadcast_channels(self.style(w), h).chunk(2, dim=1)
         return gamma * self.norm(h) + beta
 
 
 class EncoderBlock(nn.Module):
     """Plain residual block of the image encoder: x + [GN -> SiLU -> conv3x3 -> GN -> SiLU -> dropout -> conv3x3(0)]."""
 
-    def __init__(self, channels: int, dropout: float = 0.0) -> None:
+    def __init__(self, channels: int, dropout: float = 0.0, spatial_dims: int = 2) -> None:
         super().__init__()
         g = encoder_groups(channels)
+        conv = conv_nd(spatial_dims)
         self.body = nn.Sequential(
-            nn.GroupNorm(g, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
-            nn.GroupNorm(g, channels), nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(channels, channels, 3, padding=1))
+            nn.GroupNorm(g, channels), nn.SiLU(), conv(channels, channels, 3, padding=1),
+            nn.GroupNorm(g, channels), nn.SiLU(), nn.Dropout(dropout), conv(channels, channels, 3, padding=1))
         nn.init.zeros_(self.body[-1].weight)
         nn.init.zeros_(self.body[-1].bias)
 
@@ -122,15 +130,16 @@ class EncoderBlock(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """The light image encoder: image (B, Ci, H, W) -> features (B, nf, H, W), full resolution, no time, no z.
+    """The light image encoder: image (B, Ci, *S) -> features (B, nf, *S), full resolution, no time, no z.
 
-    A 3x3 conv, then ``blocks`` plain residual blocks (MoNuSeg: 5 blocks, nf = 64, 372,352 parameters).
+    A 3x3 (3-D: 3x3x3) conv, then ``blocks`` plain residual blocks (MoNuSeg: 5 blocks, nf = 64, 372,352
+    parameters).
     """
 
-    def __init__(self, in_channels: int, nf: int, blocks: int, dropout: float = 0.0) -> None:
+    def __init__(self, in_channels: int, nf: int, blocks: int, dropout: float = 0.0, spatial_dims: int = 2) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, nf, 3, padding=1)
-        self.blocks = nn.Sequential(*[EncoderBlock(nf, dropout) for _ in range(blocks)])
+        self.conv = conv_nd(spatial_dims)(in_channels, nf, 3, padding=1)
+        self.blocks = nn.Sequential(*[EncoderBlock(nf, dropout, spatial_dims) for _ in range(blocks)])
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.conv(image))
@@ -141,20 +150,20 @@ class CondResBlock(nn.Module):
 
     ``AdaGN -> SiLU -> (up/down) -> conv3x3 -> + Linear(SiLU(t_emb)) -> AdaGN -> SiLU -> dropout -> conv3x3(~0)``;
     skip = (up/down) then a 1x1 conv when the shape changes; output (skip + h) / sqrt(2).
-    ``x`` (B, Cin, H, W), ``temb`` (B, 4nf), ``w`` (B, z_emb) -> (B, Cout, H', W').
+    ``x`` (B, Cin, H, W), ``temb`` (B, 4nf), ``w`` (B, z_emb) -> (B, Cout, H', W'); in 3-D one more spatial axis.
     """
 
     def __init__(self, in_ch: int, out_ch: int | None, temb_dim: int, style_dim: int, up: bool = False,
-                 down: bool = False, dropout: float = 0.0, resample: str = "fir") -> None:
+                 down: bool = False, dropout: float = 0.0, resample: str = "fir", spatial_dims: int = 2) -> None:
         super().__init__()
         out_ch = out_ch or in_ch
         self.norm0 = AdaptiveGroupNorm(body_groups(in_ch), in_ch, style_dim)
-        self.conv0 = init_conv(in_ch, out_ch)
+        self.conv0 = init_conv(in_ch, out_ch, spatial_dims=spatial_dims)
         self.temb = init_linear(temb_dim, out_ch)
         self.norm1 = AdaptiveGroupNorm(body_groups(out_ch), out_ch, style_dim)
         self.dropout = nn.Dropout(dropout)
-        self.conv1 = init_conv(out_ch, out_ch, init_scale=0.0)
-        self.skip = init_conv(in_ch, out_ch, k=1) if (in_ch != out_ch or up or down) else None
+        self.conv1 = init_conv(out_ch, out_ch, init_scale=0.0, spatial_dims=spatial_dims)
+        self.skip = init_conv(in_ch, out_ch, k=1, spatial_dims=spatial_dims) if (in_ch != out_ch or up or down) else None
         self.up, self.down, self.resample = up, down, resample
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -163,7 +172,7 @@ class CondResBlock(nn.Module):
             h, x = up(h, self.resample), up(x, self.resample)
         elif self.down:
             h, x = down(h, self.resample), down(x, self.resample)
-        h = self.conv0(h) + self.temb(F.silu(temb))[:, :, None, None]
+        h = self.conv0(h) + broadcast_channels(self.temb(F.silu(temb)), h)
         h = self.conv1(self.dropout(F.silu(self.norm1(h, w))))
         if self.skip is not None:
             x = self.skip(x)
@@ -171,38 +180,41 @@ class CondResBlock(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Single-head spatial self-attention (``AttnBlockpp``): (B, C, H, W) -> (B, C, H, W), (x + h)/sqrt(2).
+    """Single-head spatial self-attention (``AttnBlockpp``): (B, C, *S) -> (B, C, *S), (x + h)/sqrt(2).
 
-    GroupNorm, 1x1 projections q, k, v, softmax(q^T k / sqrt(C)) over all positions, output projection ~0.
+    GroupNorm, 1x1 projections q, k, v, softmax(q^T k / sqrt(C)) over all N = prod(S) positions (pixels, or
+    voxels in 3-D), output projection ~0.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, spatial_dims: int = 2) -> None:
         super().__init__()
         self.norm = nn.GroupNorm(body_groups(channels), channels, eps=1e-6)
-        self.q, self.k, self.v = (init_conv(channels, channels, k=1) for _ in range(3))
-        self.out = init_conv(channels, channels, k=1, init_scale=0.0)
+        self.q, self.k, self.v = (init_conv(channels, channels, k=1, spatial_dims=spatial_dims) for _ in range(3))
+        self.out = init_conv(channels, channels, k=1, init_scale=0.0, spatial_dims=spatial_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, hh, ww = x.shape
+        b, c = x.shape[:2]
         h = self.norm(x)
-        q, k, v = (m(h).reshape(b, c, hh * ww) for m in (self.q, self.k, self.v))
-        attn = torch.softmax(torch.einsum("bci,bcj->bij", q, k) * c**-0.5, dim=-1)   # (B, HW, HW)
-        h = torch.einsum("bij,bcj->bci", attn, v).reshape(b, c, hh, ww)
+        q, k, v = (m(h).reshape(b, c, -1) for m in (self.q, self.k, self.v))
+        attn = torch.softmax(torch.einsum("bci,bcj->bij", q, k) * c**-0.5, dim=-1)   # (B, N, N)
+        h = torch.einsum("bij,bcj->bci", attn, v).reshape(x.shape)
         return (x + self.out(h)) / math.sqrt(2.0)
 
 
 class PyramidDown(nn.Module):
     """Input-pyramid down-sampling conv: FIR blur (pad 2) + 3x3 stride-2 conv, or 2x2 avg-pool + 3x3 conv."""
 
-    def __init__(self, in_ch: int, out_ch: int, resample: str) -> None:
+    def __init__(self, in_ch: int, out_ch: int, resample: str, spatial_dims: int = 2) -> None:
         super().__init__()
         self.resample = resample
-        self.conv = init_conv(in_ch, out_ch, stride=2 if resample == "fir" else 1, padding=0 if resample == "fir" else 1)
+        self.conv = init_conv(in_ch, out_ch, stride=2 if resample == "fir" else 1, padding=0 if resample == "fir" else 1,
+                              spatial_dims=spatial_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.resample == "fir":  # upfirdn2d(x, k, pad=(2, 2)) then a valid stride-2 conv (score_sde conv_downsample_2d)
-            return self.conv(depthwise_blur(F.pad(x, (2, 2, 2, 2)), fir_kernel()))
-        return self.conv(F.avg_pool2d(x, 2))
+            dims = x.ndim - 2
+            return self.conv(depthwise_blur(F.pad(x, (2, 2) * dims), fir_kernel(spatial_dims=dims)))
+        return self.conv(avg_pool(x))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,14 +236,16 @@ class ConditionalGenerator(nn.Module):
         resample: 'fir' (StyleGAN2 [1,3,3,1]) or 'avg' (avg-pool / nearest).
         progressive_input: the 'residual' input pyramid of NCSN++ (True in every cDAL config).
         dropout: dropout inside the ResNet blocks (0 in cDAL).
+        spatial_dims: 2 (images, slices: the paper) or 3 (volumes: the native 3-D variant of chapter 08).
     """
 
     def __init__(self, label_channels: int = 1, image_channels: int = 3, nf: int = 64,
                  ch_mult: Sequence[int] = (1, 1, 1, 2, 2, 4, 4), num_res_blocks: int = 2,
                  attn_resolutions: Sequence[int] = (16, 8), image_size: int = 256, nz: int = 100,
                  z_emb_dim: int = 256, n_mlp: int = 3, enc_blocks: int = 5, resample: str = "fir",
-                 progressive_input: bool = True, dropout: float = 0.0) -> None:
+                 progressive_input: bool = True, dropout: float = 0.0, spatial_dims: int = 2) -> None:
         super().__init__()
+        self.spatial_dims = check_spatial_dims(spatial_dims, "ConditionalGenerator")
         if resample not in ("fir", "avg"):
             raise ValueError(f"ConditionalGenerator: resample must be 'fir' or 'avg', got {resample!r}")
         if nf % 4 or nf < 4:
@@ -247,11 +261,12 @@ class ConditionalGenerator(nn.Module):
 
         self.temb = nn.Sequential(init_linear(nf, temb_dim), nn.SiLU(), init_linear(temb_dim, temb_dim))
         self.mapping = MappingNetwork(nz, z_emb_dim, n_mlp)
-        self.encoder = ImageEncoder(image_channels, nf, enc_blocks, dropout)
-        self.conv_in = init_conv(label_channels, nf)
+        dims = self.spatial_dims
+        self.encoder = ImageEncoder(image_channels, nf, enc_blocks, dropout, spatial_dims=dims)
+        self.conv_in = init_conv(label_channels, nf, spatial_dims=dims)
 
         block = lambda cin, cout=None, **kw: CondResBlock(cin, cout, temb_dim, z_emb_dim, dropout=dropout,  # noqa: E731
-                                                          resample=resample, **kw)
+                                                          resample=resample, spatial_dims=dims, **kw)
         self.down_blocks = nn.ModuleList()      # per level: ModuleList of (resblock, attn or Identity)
         self.downsamplers = nn.ModuleList()     # per level except the last: down-sampling resblock
         self.pyramid = nn.ModuleList()          # per level except the last: input-pyramid conv
@@ -262,18 +277,18 @@ class ConditionalGenerator(nn.Module):
             for _ in range(num_res_blocks):
                 out_ch = nf * self.ch_mult[i]
                 blocks.append(nn.ModuleList([block(in_ch, out_ch),
-                                             SelfAttention(out_ch) if i in self.attn_levels else nn.Identity()]))
+                                             SelfAttention(out_ch, dims) if i in self.attn_levels else nn.Identity()]))
                 in_ch = out_ch
                 hs_c.append(in_ch)
             self.down_blocks.append(blocks)
             if i != levels - 1:
                 self.downsamplers.append(block(in_ch, down=True))
                 if progressive_input:
-                    self.pyramid.append(PyramidDown(pyr_ch, in_ch, resample))
+                    self.pyramid.append(PyramidDown(pyr_ch, in_ch, resample, dims))
                     pyr_ch = in_ch
                 hs_c.append(in_ch)
 
-        self.mid = nn.ModuleList([block(in_ch), SelfAttention(in_ch), block(in_ch)])
+        self.mid = nn.ModuleList([block(in_ch), SelfAttention(in_ch, dims), block(in_ch)])
 
         self.up_blocks = nn.ModuleList()
         self.up_attn = nn.ModuleList()
@@ -285,12 +300,12 @@ class ConditionalGenerator(nn.Module):
                 blocks.append(block(in_ch + hs_c.pop(), out_ch))
                 in_ch = out_ch
             self.up_blocks.append(blocks)
-            self.up_attn.append(SelfAttention(in_ch) if i in self.attn_levels else nn.Identity())
+            self.up_attn.append(SelfAttention(in_ch, dims) if i in self.attn_levels else nn.Identity())
             if i != 0:
                 self.upsamplers.append(block(in_ch, up=True))
         assert not hs_c
         self.head = nn.Sequential(nn.GroupNorm(body_groups(in_ch), in_ch, eps=1e-6), nn.SiLU(),
-                                  init_conv(in_ch, label_channels, init_scale=0.0))
+                                  init_conv(in_ch, label_channels, init_scale=0.0, spatial_dims=dims))
 
     def num_parameters(self) -> int:
         """Total number of parameters."""
@@ -303,13 +318,14 @@ class ConditionalGenerator(nn.Module):
         return self.mapping(z)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """The light image encoder: image (B, Ci, H, W), normalised -> features (B, nf, H, W).
+        """The light image encoder: image (B, Ci, H, W), normalised -> features (B, nf, H, W) (3-D: (B, Ci, D, H, W)).
 
         It depends on the image only (no time, no z), so a sampler computes it once per image and passes
         it to every step and ensemble member as ``image_features``.
         """
-        if image.ndim != 4 or image.shape[1] != self.image_channels:
-            raise ValueError(f"ConditionalGenerator.encode: image must be (B, {self.image_channels}, H, W), "
+        if image.ndim != 2 + self.spatial_dims or image.shape[1] != self.image_channels:
+            axes = "H, W" if self.spatial_dims == 2 else "D, H, W"
+            raise ValueError(f"ConditionalGenerator.encode: image must be (B, {self.image_channels}, {axes}), "
                              f"got {tuple(image.shape)}")
         return self.encoder(image)
 
@@ -318,7 +334,8 @@ class ConditionalGenerator(nn.Module):
         """Predict x0.
 
         Args:
-            x_t: noisy label (B, Cl, H, W) at the more-noisy level t+1 (H, W divisible by ``self.divisor``).
+            x_t: noisy label (B, Cl, H, W) at the more-noisy level t+1 (H, W divisible by ``self.divisor``);
+                (B, Cl, D, H, W) when ``spatial_dims = 3``.
             t: code time (B,) int64 in 0..T-1.
             image: conditioning image (B, Ci, H, W), already normalised by the caller; or ``None`` when
                 ``image_features`` (what :meth:`encode` returned for it) is given instead.
@@ -326,7 +343,10 @@ class ConditionalGenerator(nn.Module):
         Returns:
             x0_hat (B, Cl, H, W) in [-1, 1] (tanh).
         """
-        b, c, h, w = x_t.shape
+        if x_t.ndim != 2 + self.spatial_dims:
+            raise ValueError(f"ConditionalGenerator: x_t must have {self.spatial_dims} spatial axes "
+                             f"(spatial_dims={self.spatial_dims}), got shape {tuple(x_t.shape)}")
+        b, c, *spatial = x_t.shape
         if c != self.label_channels:
             raise ValueError(f"ConditionalGenerator: x_t has {c} channels, expected {self.label_channels}")
         if (image is None) == (image_features is None):
@@ -336,12 +356,12 @@ class ConditionalGenerator(nn.Module):
                 raise ValueError(f"ConditionalGenerator: image {tuple(image.shape)} does not match x_t "
                                  f"{tuple(x_t.shape)} with {self.image_channels} image channels")
             image_features = self.encode(image)
-        elif image_features.shape != (b, self.nf, h, w):
-            raise ValueError(f"ConditionalGenerator: image_features must be (B, nf, H, W) = {(b, self.nf, h, w)}, "
+        elif tuple(image_features.shape) != (b, self.nf, *spatial):
+            raise ValueError(f"ConditionalGenerator: image_features must be (B, nf, *spatial) = {(b, self.nf, *spatial)}, "
                              f"got {tuple(image_features.shape)}")
-        if h % self.divisor or w % self.divisor:
-            raise ValueError(f"ConditionalGenerator: spatial size {h}x{w} must be divisible by {self.divisor} "
-                             f"({len(self.ch_mult)} levels)")
+        if any(s % self.divisor for s in spatial):
+            raise ValueError(f"ConditionalGenerator: spatial size {'x'.join(map(str, spatial))} must be divisible by "
+                             f"{self.divisor} ({len(self.ch_mult)} levels)")
         if t.shape != (b,):
             raise ValueError(f"ConditionalGenerator: t must be (B,) = ({b},), got {tuple(t.shape)}")
         temb = self.temb(timestep_embedding(t, self.nf))
@@ -373,11 +393,12 @@ class ConditionalGenerator(nn.Module):
 
 def build_generator(cfg: "CDALConfig", label_ch: int, image_ch: int) -> ConditionalGenerator:
     """The generator of a :class:`~diffseg_core.cdal.config.CDALConfig` for ``label_ch`` label channels and
-    ``image_ch`` image channels."""
+    ``image_ch`` image channels (2-D or 3-D from ``cfg.spatial_dims``)."""
     return ConditionalGenerator(label_channels=label_ch, image_channels=image_ch, nf=cfg.nf, ch_mult=cfg.ch_mult,
                                 num_res_blocks=cfg.num_res_blocks, attn_resolutions=cfg.attn_resolutions,
                                 image_size=cfg.image_size, nz=cfg.nz, z_emb_dim=cfg.z_emb_dim, n_mlp=cfg.n_mlp,
-                                enc_blocks=cfg.enc_blocks, resample=cfg.resample, dropout=cfg.dropout)
+                                enc_blocks=cfg.enc_blocks, resample=cfg.resample, dropout=cfg.dropout,
+                                spatial_dims=getattr(cfg, "spatial_dims", 2))
 
 
 def draw_latent(G: ConditionalGenerator, batch: int, use_latent: bool, like: torch.Tensor,

@@ -36,7 +36,8 @@ def sample_cdal(G: ConditionalGenerator, sched: Schedule, image: torch.Tensor, n
     """Algorithm 2: ``n_samples`` T-step reverse chains per image, summarised.
 
     Args:
-        image: G's conditioning input (B, Ci, H, W), **already normalised** (:func:`normalize_image`).
+        image: G's conditioning input (B, Ci, H, W), **already normalised** (:func:`normalize_image`);
+            a 3-D generator takes volumes (B, Ci, D, H, W) and every output gains the same axis.
         n_samples: ensemble size (5 in the paper, D9); members are run as one batch of N*B.
         use_latent: draw a fresh z ~ N(0, I) at every step (False: z = 0).
         generator: optional ``torch.Generator`` on ``image``'s device for reproducible noise.
@@ -49,10 +50,10 @@ def sample_cdal(G: ConditionalGenerator, sched: Schedule, image: torch.Tensor, n
     """
     if n_samples < 1:
         raise ValueError(f"sample_cdal: n_samples must be >= 1, got {n_samples}")
-    b, _, h, w = image.shape
+    b, spatial = image.shape[0], tuple(image.shape[2:])
     n = n_samples
-    img = image.repeat(n, 1, 1, 1)                                     # (N*B, Ci, H, W), member-major
-    x = torch.randn(n * b, G.label_channels, h, w, device=image.device, dtype=image.dtype, generator=generator)
+    img = image.repeat(n, *([1] * (image.ndim - 1)))                   # (N*B, Ci, H, W), member-major
+    x = torch.randn(n * b, G.label_channels, *spatial, device=image.device, dtype=image.dtype, generator=generator)
     traj = []
     x0_hat = x
     for code_t in reversed(range(sched.T)):

@@ -43,6 +43,8 @@ def attention_map(D: TimeConditionedDiscriminator | None, sched: Schedule, x0: t
 
     A_D shapes the generator's training input of cDAL Eq. 4 (x_{t+1} is drawn from A_D * x0).
 
+    Volumes (3-D cDAL) alike: x0 (B, Cl, D, H, W) -> A_D (B, 1, D, H, W).
+
     D's features of a freshly drawn **real** pair (x_t, x_{t+1}) at stage ``D.stage_for_scale(cfg.attn_scale)``,
     averaged over channels and bilinearly up-sampled; ``cfg.attn_norm`` 'raw' or 'minmax'. Without
     attention (``cfg.use_attention=False``) A_D = 1.
@@ -51,7 +53,7 @@ def attention_map(D: TimeConditionedDiscriminator | None, sched: Schedule, x0: t
         return torch.ones_like(x0[:, :1])
     x_t, x_tp1 = q_sample_pairs(sched, x0, t)
     feats = D.features(x_t, x_tp1, t)
-    return spatial_attention(feats, D.stage_for_scale(cfg.attn_scale), tuple(x0.shape[-2:]), cfg.attn_norm)
+    return spatial_attention(feats, D.stage_for_scale(cfg.attn_scale), tuple(x0.shape[2:]), cfg.attn_norm)
 
 
 def _r1_due(cfg: CDALConfig, step: int) -> bool:

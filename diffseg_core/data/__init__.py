@@ -22,7 +22,7 @@ from .batches import train_batches
 from .io import cap_cases, resize_pair
 
 __all__ = ["Case", "DataError", "DatasetInfo", "SegDataset", "SPLITS", "assign_seeded_split", "find_dataset_root",
-           "load_dataset", "train_batches", "resize_pair", "ALIASES"]
+           "load_dataset", "train_batches", "resize_pair", "ALIASES", "dataset_kinds", "uncapped"]
 
 # Folder names accepted for each dataset (compared case-insensitively).
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -59,6 +59,29 @@ def _looks_like(name: str, path: Path) -> bool:
     if name == "qata":
         return qata_masks
     return False
+
+
+def dataset_kinds(path: str | Path) -> list[str]:
+    """The datasets whose layout folder ``path`` holds (e.g. ``["hippocampus"]``); ``[]`` when none or not a folder.
+
+    Used to say *what* a folder is when it is not the dataset asked for (a MoNuSeg run pointed at volumes).
+    A flat ``images/`` + ``masks/`` folder matches both ``monuseg`` and ``cxr`` unless text or XML says MoNuSeg.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    return [name for name in ALIASES if _looks_like(name, path)]
+
+
+def uncapped(cfg: Any) -> Any:
+    """``cfg`` (a :class:`~diffseg_core.config.DataConfig`) without the case caps of training presets.
+
+    Caps (``max_train_cases``, ``max_eval_cases``, ``hippocampus_max_volumes``) keep training and in-training
+    validation small; scoring a folder uses every image of the requested split.
+    """
+    from dataclasses import replace
+
+    return replace(cfg, max_train_cases=None, max_eval_cases=None, hippocampus_max_volumes=None)
 
 
 def find_dataset_root(name: str, data_root: str | Path | None) -> Path | None:
@@ -124,6 +147,9 @@ def load_dataset(name: str, root: str | Path | None = None, cfg: Any = None, see
         root = Path(root).expanduser()
         if not root.is_dir():
             raise DataError(f"{root}: dataset folder not found")
+        if not any(p for p in root.iterdir() if not p.name.startswith(".")):
+            raise DataError(f"{root}: the folder is empty; copy the {name} dataset into it (layouts and downloads in "
+                            "data/README.md), or point --data at the folder that holds it")
         root = find_dataset_root(name, root) or root  # a data root holding the dataset works too
         if name == "monuseg":
             from .monuseg import load_monuseg

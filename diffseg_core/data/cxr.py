@@ -23,14 +23,17 @@ from pathlib import Path
 import numpy as np
 
 from .base import DataError, SegDataset, assign_seeded_split
-from .io import (CaseRef, check_same_size, list_images, materialise, pair_files, pair_loader, read_cases_csv,
-                 read_image, read_mask, resize_pair, same_stem, seeded_train_val)
+from .io import (CaseRef, check_case_ids, check_same_size, list_images, materialise, pair_files, pair_loader,
+                 read_cases_csv, read_image, read_mask, resize_pair, same_stem, seeded_train_val)
 
 
 def detect_layout(root: Path) -> str:
     """``"plain"``, ``"montgomery"`` or ``"kaggle"``; :class:`DataError` when none matches."""
     root = Path(root)
     if (root / "images").is_dir() and (root / "masks").is_dir():
+        if (root / "CXR_png").is_dir():
+            raise DataError(f"{root}: holds two chest X-ray layouts at once (images/ + masks/ and CXR_png/); keep one "
+                            "of them in this folder (move the other elsewhere), so it is clear which images to use")
         return "plain"
     if (root / "CXR_png").is_dir():
         if (root / "ManualMask").is_dir() or (root / "leftMask").is_dir():
@@ -38,7 +41,8 @@ def detect_layout(root: Path) -> str:
         if (root / "masks").is_dir():
             return "kaggle"
     raise DataError(f"{root}: unknown chest X-ray layout; expected images/ + masks/, Montgomery CXR_png/ + "
-                    "ManualMask/{leftMask,rightMask}/, or Kaggle CXR_png/ + masks/ (see data/README.md)")
+                    "ManualMask/{leftMask,rightMask}/, or Kaggle CXR_png/ + masks/: point --data at the dataset "
+                    "folder itself (see data/README.md)")
 
 
 def _refs_plain(root: Path, working_size: int | None, target: str) -> tuple[list[CaseRef], str]:
@@ -46,8 +50,10 @@ def _refs_plain(root: Path, working_size: int | None, target: str) -> tuple[list
     if target == "lesion" and not mask_dir.is_dir():
         raise DataError(f"{mask_dir}: target='lesion' needs a lesion_masks/ folder next to images/")
     rows = read_cases_csv(root / "cases.csv")
+    pairs = pair_files(list_images(root / "images"), mask_dir, same_stem((".png",)))
+    check_case_ids(rows, [p.stem for p, _ in pairs], root / "cases.csv", root / "images")
     refs = []
-    for img_path, mask_path in pair_files(list_images(root / "images"), mask_dir, same_stem((".png",))):
+    for img_path, mask_path in pairs:
         row = rows.get(img_path.stem, {})
         split = row.get("split") or None
         if split is not None and split not in ("train", "val", "test"):

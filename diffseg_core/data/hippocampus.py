@@ -7,10 +7,16 @@ Layouts accepted (``root`` is the dataset folder):
 * the shared subset: ``images/*.nii.gz``, ``labels/*.nii.gz``, optional ``cases.csv`` with a
   ``pair_group`` column (volumes of one group stay in the same split).
 
-Each volume is min-max scaled to [0, 1] on its own (cDAL's ``ScaleIntensityd``), kept in its stored
-orientation (RAS for MSD Task04; cDAL re-orients to LPI, which only flips axes) and cut into 2-D slices
+Each volume is scaled to [0, 1] on its own, by default between its 0.5th and 99.5th intensity percentiles
+(clipped; :func:`percentile_scale`, MONAI's ``ScaleIntensityRangePercentiles``). cDAL's pipeline min-max scales
+(``ScaleIntensityd``; ``intensity="minmax"`` here), which lets a few bright voxels set the scale: on the
+shared 40-volume subset the hippocampus's mean intensity after min-max ranges from 0.10 to 0.44 across
+volumes, after percentile scaling from 0.28 to 0.47, and the volume with the brightest min-max contrast is
+the one every short run fails on. The volume is kept in its stored orientation (RAS for MSD Task04; cDAL re-orients to LPI, which only flips axes) and cut into 2-D slices
 along its **last** axis, the axis cDAL slices its 32^3 crops along. Labels: 0 background, 1 anterior,
-2 posterior. Evaluation stacks the slices back (``meta['volume']``, ``meta['slice']``) and scores per volume.
+2 posterior. Evaluation stacks the slices back (``meta['volume']``, ``meta['slice']``) and scores per volume;
+``meta['image_path']`` names the source file, so a predicted volume can be written back on its grid
+(:mod:`diffseg_core.data.nifti`). :mod:`diffseg_core.data.volumes` rebuilds whole volumes for 3-D models.
 """
 from __future__ import annotations
 
@@ -83,22 +89,46 @@ def slices_to_volume(slices: Sequence[Any], volume_id: str | None = None) -> tup
     return image, label
 
 
-def read_nifti(path: Path) -> np.ndarray:
-    """A NIfTI file's voxel array (as stored, no re-orientation); :class:`DataError` if unreadable."""
+def _gzip_intact(path: Path) -> bool:
+    import gzip
+
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 20):
+                pass
+    except Exception:
+        return False
+    return True
+
+
+def read_nifti(path: Path, with_affine: bool = False):
+    """A NIfTI file's voxel array (as stored, no re-orientation), and its affine with ``with_affine``.
+
+    Refused with :class:`DataError`: an unreadable file (a corrupt gzip stream is named as such), a 2-D
+    image, a 4-D volume with more than one channel / time point.
+    """
     import nibabel as nib
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        arr = np.asarray(nib.load(str(path)).dataobj)
+        img = nib.load(str(path))
+        arr = np.asarray(img.dataobj)
     except Exception as exc:
-        raise DataError(f"{path}: cannot read the file as NIfTI ({exc}); re-download it or remove it") from exc
+        why = ("the gzip stream is corrupt or truncated" if path.name.endswith(".gz") and not _gzip_intact(path)
+               else "the header or the data are invalid")
+        raise DataError(f"{path}: cannot read the file as NIfTI ({why}); download or export it again, or remove it "
+                        "together with its image or label") from exc
     if arr.ndim == 4 and arr.shape[-1] == 1:
         arr = arr[..., 0]
+    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 1):
+        raise DataError(f"{path}: a 2-D image of shape {tuple(arr.shape)}; this loader needs 3-D volumes (X, Y, Z): "
+                        "export the whole volume, not a single slice")
     if arr.ndim != 3:
-        raise DataError(f"{path}: expected a 3-D volume, got shape {arr.shape} (multi-channel volumes are not supported)")
-    return arr
+        raise DataError(f"{path}: a {arr.ndim}-D volume of shape {tuple(arr.shape)}; this loader needs one 3-D volume "
+                        "per file: keep one channel or time point, or split them into separate files")
+    return (arr, np.asarray(img.affine, dtype=np.float64)) if with_affine else arr
 
 
 def minmax(volume: np.ndarray) -> np.ndarray:
@@ -106,6 +136,17 @@ def minmax(volume: np.ndarray) -> np.ndarray:
     v = volume.astype(np.float32)
     lo, hi = float(v.min()), float(v.max())
     return (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
+
+
+def percentile_scale(volume: np.ndarray, lower: float = 0.5, upper: float = 99.5) -> np.ndarray:
+    """Per-volume robust scaling: the ``lower``-th percentile to 0, the ``upper``-th to 1, clipped to [0, 1]
+    (MONAI ``ScaleIntensityRangePercentiles(lower, upper, 0, 1, clip=True)``); a constant volume becomes zeros."""
+    v = volume.astype(np.float32)
+    lo, hi = (float(x) for x in np.percentile(v, [lower, upper]))
+    return np.clip((v - lo) / (hi - lo), 0.0, 1.0).astype(np.float32) if hi > lo else np.zeros_like(v)
+
+
+INTENSITY = {"percentile": percentile_scale, "minmax": minmax}
 
 
 def _nii(folder: Path) -> list[Path]:
@@ -132,7 +173,11 @@ def find_pairs(root: Path) -> list[tuple[str, Path, Path]]:
         img_dir, lab_dir, listed = root / "images", root / "labels", None
     else:
         raise DataError(f"{root}: unknown hippocampus layout; expected imagesTr/ + labelsTr/ (MSD Task04) or "
-                        "images/ + labels/ holding .nii.gz files (see data/README.md)")
+                        "images/ + labels/ holding .nii.gz files: point --data at the dataset folder itself "
+                        "(see data/README.md)")
+    if (root / "imagesTr").is_dir() and (root / "images").is_dir():
+        raise DataError(f"{root}: holds two hippocampus layouts at once (imagesTr/ + labelsTr/ and images/ + labels/); "
+                        "keep one of them in this folder (move the other elsewhere), so it is clear which volumes to use")
     if not lab_dir.is_dir():
         raise DataError(f"{lab_dir}: label folder not found next to {img_dir}")
     images = _nii(img_dir)
@@ -157,40 +202,67 @@ def _pair_groups(root: Path) -> dict[str, str]:
         rows = list(csv.DictReader(f))
     if not rows or "pair_group" not in rows[0] or "id" not in rows[0]:
         return {}
+    ids = [r["id"] for r in rows]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise DataError(f"{path}: the id {dup[0]} is on {ids.count(dup[0])} rows ({len(dup)} duplicated id(s)); each "
+                        "case must have exactly one row: remove the duplicates")
     return {r["id"]: r["pair_group"] for r in rows}
 
 
-def load_hippocampus(root: Path, max_volumes: int | None = None, seed: int = 0) -> SegDataset:
+def load_hippocampus(root: Path, max_volumes: int | None = None, seed: int = 0,
+                     intensity: str = "percentile") -> SegDataset:
     """Load MSD Task04 (or the shared subset) as 2-D axial slices with a seeded split by volume.
 
     Args:
         root: the dataset folder.
-        max_volumes: keep only this many volumes (the first in id order after a seeded shuffle; smoke runs).
+        max_volumes: keep only this many volumes (smoke runs): a seeded choice made after the split, with one
+            volume of each split first, so each kept volume has the split a full load gives it.
         seed: seed of the 60/20/20 train/val/test split by volume (``pair_group`` kept together).
+        intensity: per-volume scaling to [0, 1]: ``"percentile"`` (0.5th-99.5th, clipped; default) or
+            ``"minmax"`` (the official pipeline's).
     Returns:
         :class:`SegDataset` of slices ``(1, X, Y)`` with ``meta['volume']``, ``meta['slice']``.
     """
+    if intensity not in INTENSITY:
+        raise ValueError(f"load_hippocampus: intensity must be one of {sorted(INTENSITY)}, got {intensity!r}")
+    scale = INTENSITY[intensity]
     root = Path(root)
     pairs = find_pairs(root)
-    if max_volumes is not None and len(pairs) > max_volumes:
-        order = np.random.default_rng(seed).permutation(len(pairs))[:max_volumes]
-        pairs = [pairs[i] for i in sorted(order)]
     groups = _pair_groups(root)
+    unknown = sorted(set(groups) - {p[0] for p in pairs})
+    if unknown:
+        raise DataError(f"{root / 'cases.csv'}: {len(unknown)} id(s) match no volume in {pairs[0][1].parent} "
+                        f"({', '.join(unknown[:3])}{' ...' if len(unknown) > 3 else ''}); fix the ids (file names without "
+                        ".nii.gz) or remove those rows")
+    # the split is made over every volume, then capped: a capped (smoke) load and a full load agree on each
+    # kept volume's split, so evaluating a smoke run on the full folder never scores a training volume
+    vol_split = assign_seeded_split([p[0] for p in pairs], seed=seed, groups={v: groups[v] for v, *_ in pairs if v in groups})
+    if max_volumes is not None and len(pairs) > max_volumes:
+        order = np.random.default_rng(seed).permutation(len(pairs)).tolist()
+        keep = [next(i for i in order if vol_split[pairs[i][0]] == s) for s in ("train", "val", "test")
+                if any(vol_split[p[0]] == s for p in pairs)]
+        keep += [i for i in order if i not in keep]
+        pairs = [pairs[i] for i in sorted(keep[:max_volumes])]
     cases: list[Case] = []
     for vid, img_path, lab_path in pairs:
-        image = read_nifti(img_path)
-        label = read_nifti(lab_path)
+        image, image_affine = read_nifti(img_path, with_affine=True)
+        label, label_affine = read_nifti(lab_path, with_affine=True)
         check_same_size(image, label, img_path, lab_path)
+        if not np.allclose(image_affine, label_affine, rtol=1e-4, atol=1e-3):
+            raise DataError(f"{lab_path}: its affine (voxel-to-world matrix) differs from that of its image {img_path}; "
+                            "the label was saved in another space or orientation: resample it onto the image (e.g. "
+                            "MONAI's ResampleToMatch) or export both again from the same source")
         label = check_labels(label, (0, 1, 2), lab_path)
-        cases += volume_to_slices(vid, minmax(image), label, meta={"orig_size": tuple(image.shape[:2])})
-    vol_split = assign_seeded_split([p[0] for p in pairs], seed=seed, groups={v: groups[v] for v, *_ in pairs if v in groups})
+        cases += volume_to_slices(vid, scale(image), label, meta={"orig_size": tuple(image.shape[:2]),
+                                                                    "image_path": str(img_path)})
     for c in cases:
         c.split = vol_split[c.meta["volume"]]
     layout = "MSD Task04 (imagesTr/labelsTr)" if (root / "imagesTr").is_dir() else "images/ + labels/"
     return SegDataset(name="hippocampus", cases=cases, class_names=CLASS_NAMES, in_channels=1, source="real",
                       root=root, has_text=False, description=(
-                          f"MSD Task04 Hippocampus, {len(pairs)} volumes ({layout}) as axial slices, seeded split by "
-                          f"volume{' keeping pair_group together' if groups else ''}"))
+                          f"MSD Task04 Hippocampus, {len(pairs)} volumes ({layout}) as axial slices, {intensity} "
+                          f"intensity scaling, seeded split by volume{' keeping pair_group together' if groups else ''}"))
 
 
 def fetch_hippocampus(data_root: Path, progress: bool = True) -> Path:

@@ -7,6 +7,7 @@ pair, an empty folder.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -17,6 +18,18 @@ import torch.nn.functional as F
 from .base import Case, DataError
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+#: images with more pixels are refused from their header, before any pixel is decoded. Loading an image of
+#: this size peaks at about 1.2 GB (uint8 decode, float32 copy, channel-first copy), so one bad file can
+#: never take the machine's memory; the largest real images used here (Montgomery X-rays) have 20 M pixels.
+MAX_IMAGE_PIXELS: int = 40_000_000
+#: images with a side shorter than this are refused (thumbnails, icons, a wrong file): no structure a
+#: segmentation model could learn fits in fewer pixels.
+MIN_IMAGE_SIDE: int = 10
+#: a grayscale dataset refuses RGB files whose channels differ by more than this (grey levels of 255, mean
+#: over pixels): a colour photograph, not an X-ray saved in colour (those differ by 0-2 levels).
+GREY_CHANNEL_SPREAD: float = 12.0
+#: a mask with more distinct values than this is described as JPEG-damaged rather than multi-class.
+JPEG_GREY_LEVELS: int = 8
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -55,12 +68,18 @@ def pair_files(images: Sequence[Path], mask_dir: Path, mask_name: Callable[[Path
     present = {p.name: p for p in mask_dir.iterdir() if p.is_file()}
     pairs = []
     for img in images:
-        names = list(mask_name(img))
+        names = list(dict.fromkeys(mask_name(img)))
         hit = next((present[n] for n in names if n in present), None)
         if hit is None:
             raise DataError(f"{img}: no {what} found in {mask_dir} (looked for {', '.join(names)}); "
                             "every image needs its mask: add it or remove the image")
         pairs.append((img, hit))
+    used = {m.name for _, m in pairs}
+    orphans = sorted(n for n, p in present.items()
+                     if n not in used and p.suffix.lower() in IMAGE_EXTENSIONS and not n.startswith("."))
+    if orphans and images:
+        raise DataError(f"{mask_dir / orphans[0]}: a {what} without an image ({len(orphans)} such file(s) in {mask_dir}; "
+                        f"no image in {Path(images[0]).parent} matches it); add its image or remove the {what}")
     return pairs
 
 
@@ -89,18 +108,70 @@ def _to_unit(arr: np.ndarray, path: Path) -> np.ndarray:
     raise DataError(f"{path}: unsupported pixel type {arr.dtype}")
 
 
-def _open(path: Path):
+def _open(path: Path, decode: bool = True, min_side: int = 1):
+    """Open an image file with PIL, checking its size from the header before any pixel is decoded.
+
+    Refused with :class:`DataError`: a missing or empty file, a file PIL cannot identify, more than
+    :data:`MAX_IMAGE_PIXELS` pixels, a side under ``min_side`` (images: :data:`MIN_IMAGE_SIDE`; a mask is
+    checked against its image instead), truncated or corrupt pixel data.
+    """
     from PIL import Image
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty (0 bytes); copy it again from the dataset's source, or remove it "
+                        "(and its mask or image)")
     try:
-        im = Image.open(path)
-        im.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: the image is far larger than the {MAX_IMAGE_PIXELS // 10**6}-megapixel limit; "
+                        "downscale it, or cut it into tiles (e.g. 1000 x 1000) and load those") from exc
     except Exception as exc:  # PIL raises many types
-        raise DataError(f"{path}: cannot read the file as an image ({exc}); re-export it as PNG or remove it") from exc
+        raise DataError(f"{path}: cannot read the file as an image (it is not a PNG, JPEG, TIFF or BMP image, or its "
+                        "header is corrupt); re-export it as PNG, or remove it (and its mask or image)") from exc
+    w, h = im.size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise DataError(f"{path}: {w} x {h} pixels ({w * h / 1e6:.0f} megapixels) is more than the "
+                        f"{MAX_IMAGE_PIXELS // 10**6}-megapixel limit, refused before decoding to keep memory bounded; "
+                        "downscale it, or cut it into tiles (e.g. 1000 x 1000) and load those")
+    if min(w, h) < min_side:
+        raise DataError(f"{path}: {w} x {h} pixels is too small to segment (the smallest side accepted is "
+                        f"{MIN_IMAGE_SIDE} pixels); is it a thumbnail or the wrong file? Replace it with the full image "
+                        "or remove it (and its mask or image)")
+    return _decode(im, path) if decode else im
+
+
+def _decode(im, path: Path):
+    """Decode the pixels of an image opened by :func:`_open` (``decode=False``)."""
+    try:
+        im.load()
+    except Exception as exc:
+        raise DataError(f"{path}: the image data are truncated or corrupt (the header reads, the pixels do not); "
+                        "copy or export it again, or remove it (and its mask or image)") from exc
     return im
+
+
+def _bit_depth(im) -> int:
+    """Bits per channel of an opened (not yet decoded) PIL image: 16 for 16-bit PNG/TIFF, 32 for I/F modes."""
+    if im.mode in ("I", "F"):
+        return 32
+    if im.mode.startswith("I;16"):
+        return 16
+    raw = " ".join(str(getattr(t, "args", t[3] if len(t) > 3 else "")) for t in (getattr(im, "tile", None) or []))
+    return 16 if ";16" in raw else 8
+
+
+def _refuse_transparency(im, path: Path) -> None:
+    """Raise when ``im`` has an alpha channel (or palette transparency) that is not fully opaque."""
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        alpha = np.asarray(im.convert("RGBA").getchannel("A"))
+        if alpha.min() < 255:
+            raise DataError(f"{path}: the image has transparent pixels (an alpha channel that is not fully opaque); "
+                            "flatten it onto a background and save it without alpha (RGB or grayscale PNG)")
 
 
 def read_image(path: Path, channels: int) -> np.ndarray:
@@ -108,22 +179,42 @@ def read_image(path: Path, channels: int) -> np.ndarray:
 
     Args:
         path: PNG/JPEG/TIFF/BMP file.
-        channels: 3 (RGB: grayscale files are refused) or 1 (grayscale: RGB files whose channels are
-            identical or not are averaged over channels, as cDAL's lung loader does; alpha is dropped).
+        channels: 3 (RGB: grayscale files are refused) or 1 (grayscale: an RGB file is averaged over its
+            channels, as cDAL's lung loader does, when they are (nearly) equal, i.e. an X-ray saved in colour;
+            a real colour image is refused, see :data:`GREY_CHANNEL_SPREAD`).
+
+    Refused as well (:class:`DataError` naming the file and what to do): 16- and 32-bit pixels, transparent
+    pixels, and everything :func:`_open` refuses (empty, unreadable, truncated, too large, too small).
+    A fully opaque alpha channel is dropped.
     """
     path = Path(path)
-    im = _open(path)
+    if channels not in (1, 3):
+        raise DataError(f"read_image: channels must be 1 or 3, got {channels}")
+    im = _open(path, decode=False, min_side=MIN_IMAGE_SIDE)
+    bits = _bit_depth(im)
+    if bits != 8:
+        raise DataError(f"{path}: {bits}-bit pixels (PIL mode {im.mode}); the loaders read 8-bit images. Convert it "
+                        "to 8 bits (rescale by its own maximum so the contrast is kept) and save it as PNG")
+    im = _decode(im, path)
+    _refuse_transparency(im, path)
     if channels == 3:
         if im.mode in ("RGBA", "P", "CMYK", "YCbCr"):
             im = im.convert("RGB")
         if im.mode != "RGB":
-            raise DataError(f"{path}: expected an RGB image (3 channels), got mode {im.mode!r} with "
-                            f"{len(im.getbands())} channel(s); this dataset needs colour images")
+            raise DataError(f"{path}: expected an RGB image (3 channels), got a grayscale one (PIL mode {im.mode}); "
+                            "this dataset needs colour images. Check that the file belongs to this dataset (is "
+                            "--dataset right?), or save it as RGB if it really is a colour image stored as grey")
         arr = np.asarray(im)
         return np.ascontiguousarray(np.moveaxis(_to_unit(arr, path), -1, 0))
     if channels == 1:
         if im.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
-            arr = _to_unit(np.asarray(im.convert("RGB")), path).mean(-1)
+            rgb = np.asarray(im.convert("RGB"))
+            spread = float(np.mean(rgb.max(-1).astype(np.int16) - rgb.min(-1)))
+            if spread > GREY_CHANNEL_SPREAD:
+                raise DataError(f"{path}: expected a grayscale image, got a colour one (its red, green and blue "
+                                "channels differ); this dataset needs grayscale X-rays. Check that the file belongs "
+                                "to this dataset (is --dataset right?), or convert it to grayscale if it is an X-ray")
+            arr = _to_unit(rgb, path).mean(-1)
         elif im.mode == "LA":
             arr = _to_unit(np.asarray(im)[..., 0], path)
         else:
@@ -146,15 +237,20 @@ def read_mask(path: Path) -> np.ndarray:
     arr = np.asarray(im.convert("RGB") if im.mode in ("P", "RGBA") else im)
     if arr.ndim == 3:
         if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
-            raise DataError(f"{path}: mask has {arr.shape[-1]} differing colour channels; save it as a "
-                            "single-channel (grayscale) binary mask")
+            raise DataError(f"{path}: the mask has {arr.shape[-1]} differing colour channels; save it as a "
+                            "single-channel (grayscale) binary PNG, 0 for background and 255 for the structure")
         arr = arr[..., 0]
     values = np.unique(arr)
     nonzero = values[values != 0]
+    if values.size > JPEG_GREY_LEVELS:
+        raise DataError(f"{path}: the mask is not binary: it has {values.size} grey levels, typical of JPEG "
+                        "compression or of resizing with interpolation. Masks must be stored losslessly: threshold "
+                        "it (e.g. pixel > 127) and save it as PNG")
     if nonzero.size > 1:
-        shown = ", ".join(str(v) for v in values[:6]) + (" ..." if values.size > 6 else "")
-        raise DataError(f"{path}: mask is not binary (values {shown}); expected 0 for background and one "
-                        "foreground value such as 255. Threshold it (e.g. pixel > 127) and save it as PNG")
+        shown = ", ".join(str(v) for v in values)
+        raise DataError(f"{path}: the mask is not binary: it holds the values {shown}, where a binary mask holds 0 "
+                        "for background and one foreground value (e.g. 255). If it is a multi-class label map, merge "
+                        "the classes this task needs (e.g. pixel > 0) and save it as PNG")
     return (arr > 0).astype(np.int64)
 
 
@@ -171,7 +267,9 @@ def check_labels(label: np.ndarray, allowed: Sequence[int], path: Path | str) ->
     values = np.unique(arr).astype(np.int64)
     bad = sorted(set(values.tolist()) - set(int(a) for a in allowed))
     if bad:
-        raise DataError(f"{path}: label values {bad[:6]} are outside the expected set {sorted(allowed)}")
+        raise DataError(f"{path}: label values {bad[:6]} are outside the expected set {sorted(allowed)}; check that "
+                        "it is this dataset's label map (not a probability map or the labels of another task) and "
+                        "re-export it")
     return arr.astype(np.int64)
 
 
@@ -180,7 +278,8 @@ def check_same_size(image: np.ndarray, label: np.ndarray, image_path: Path | str
     ishape = tuple(image.shape[1:]) if image.ndim == label.ndim + 1 else tuple(image.shape)
     if ishape != tuple(label.shape):
         raise DataError(f"{mask_path}: label size {tuple(label.shape)} differs from its image {image_path} "
-                        f"{ishape}; image and mask must be pixel-aligned (same size)")
+                        f"{ishape}; image and label must be pixel-aligned: export the label at the image's size, or "
+                        "remove the pair")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -269,12 +368,18 @@ def read_text_table(path: Path, key: str = "Image", value: str = "Description") 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: text table not found")
+    excel = path.suffix.lower() in (".xlsx", ".xls")
     try:
-        df = pd.read_excel(path) if path.suffix.lower() in (".xlsx", ".xls") else pd.read_csv(path)
+        df = pd.read_excel(path) if excel else pd.read_csv(path, encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: the text table is not UTF-8 text; save it again with UTF-8 encoding (e.g. "
+                        "'CSV UTF-8' in a spreadsheet program)") from exc
     except Exception as exc:
-        raise DataError(f"{path}: cannot read the text table ({exc})") from exc
+        raise DataError(f"{path}: cannot read the text table (not a valid {'Excel' if excel else 'CSV'} file); "
+                        "export it again, or remove it to load the images without text") from exc
     if key not in df.columns or value not in df.columns:
-        raise DataError(f"{path}: expected columns {key!r} and {value!r}, found {list(df.columns)}")
+        raise DataError(f"{path}: the text table needs the columns {key!r} and {value!r}, found {list(df.columns)}; "
+                        "rename its columns (see data/README.md for each layout's table)")
     out = {}
     for k, v in zip(df[key], df[value]):
         if isinstance(k, str) and k.strip():
@@ -282,18 +387,63 @@ def read_text_table(path: Path, key: str = "Image", value: str = "Description") 
     return out
 
 
+def check_texts(texts: dict[str, str], keys: Sequence[str], path: Path | str) -> None:
+    """Every key (an image id or mask file name) has a non-empty sentence in the table at ``path``.
+
+    Called only when a text table exists: a table that misses an image would silently give it no text.
+    """
+    missing = [k for k in keys if k not in texts]
+    if missing:
+        shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise DataError(f"{path}: no sentence for {len(missing)} of {len(keys)} images ({shown}); add a row for each "
+                        "image, or remove the table to load the images without text")
+    empty = [k for k in keys if not str(texts[k]).strip()]
+    if empty:
+        shown = ", ".join(empty[:3]) + (" ..." if len(empty) > 3 else "")
+        raise DataError(f"{path}: the sentence for {shown} is empty; write the image's description, or remove the "
+                        "table to load the images without text")
+
+
 def read_cases_csv(path: Path) -> dict[str, dict[str, str]]:
-    """``cases.csv`` rows keyed by ``id`` (``{}`` when the file is absent)."""
+    """``cases.csv`` rows keyed by ``id`` (``{}`` when the file is absent).
+
+    Refused: a file that is not UTF-8, no ``id`` column, an id on two rows, a ``split`` other than
+    ``train``/``val``/``test`` (or empty, for a seeded split).
+    """
     import csv
 
     path = Path(path)
     if not path.is_file():
         return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text; save it again with UTF-8 encoding") from exc
     if rows and "id" not in rows[0]:
-        raise DataError(f"{path}: expected an 'id' column, found {list(rows[0])}")
+        raise DataError(f"{path}: expected an 'id' column, found {list(rows[0])}; the first row must name the "
+                        "columns (id, split, ...)")
+    ids = [r["id"] for r in rows]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise DataError(f"{path}: the id {dup[0]} is on {ids.count(dup[0])} rows ({len(dup)} duplicated id(s)); each "
+                        "case must have exactly one row: remove the duplicates")
+    for r in rows:
+        split = (r.get("split") or "").strip()
+        if split and split not in ("train", "val", "test"):
+            raise DataError(f"{path}: case {r['id']} has split {split!r}; the split column takes train, val or test "
+                            "(or stays empty for a seeded split)")
     return {r["id"]: r for r in rows}
+
+
+def check_case_ids(rows: dict[str, dict[str, str]], ids: Sequence[str], path: Path | str, folder: Path | str) -> None:
+    """Every id of ``cases.csv`` (``rows``) names a case found in ``folder``."""
+    known = set(ids)
+    unknown = [i for i in rows if i not in known]
+    if unknown:
+        shown = ", ".join(unknown[:3]) + (" ..." if len(unknown) > 3 else "")
+        raise DataError(f"{path}: {len(unknown)} id(s) match no file in {folder} ({shown}); fix the ids (file names "
+                        "without extension) or remove those rows")
 
 
 def seeded_train_val(ids: Sequence[str], seed: int = 0, val_fraction: float = 0.2,

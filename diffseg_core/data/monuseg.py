@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from .base import DataError, SegDataset, assign_seeded_split
-from .io import (CaseRef, list_images, materialise, pair_files, pair_loader, read_cases_csv, read_image,
-                 read_text_table, resize_pair, same_stem, seeded_train_val)
+from .io import (CaseRef, check_case_ids, check_texts, list_images, materialise, pair_files, pair_loader,
+                 read_cases_csv, read_image, read_text_table, resize_pair, same_stem, seeded_train_val)
 
 CLASS_NAMES: tuple[str, ...] = ("background", "nucleus")
 LVIT_FOLDERS: dict[str, str] = {"train": "Train", "val": "Val", "test": "Test"}
@@ -101,14 +101,20 @@ def rasterise_xml(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, np.nda
 def detect_layout(root: Path) -> str:
     """``"shared"``, ``"lvit"`` or ``"official"``; :class:`DataError` when none matches."""
     root = Path(root)
-    if (root / "images").is_dir() and (root / "masks").is_dir():
-        return "shared"
-    if (root / "Train_Folder").is_dir() or (root / "Test_Folder").is_dir():
-        return "lvit"
-    if _official_releases(root):
-        return "official"
+    found = {"shared": (root / "images").is_dir() and (root / "masks").is_dir(),
+             "lvit": (root / "Train_Folder").is_dir() or (root / "Test_Folder").is_dir(),
+             "official": bool(_official_releases(root))}
+    names = {"shared": "images/ + masks/", "lvit": "LViT Train_Folder/ + Test_Folder/",
+             "official": "the official 'Tissue Images/' + 'Annotations/'"}
+    present = [k for k, v in found.items() if v]
+    if len(present) > 1:
+        raise DataError(f"{root}: holds two MoNuSeg layouts at once ({' and '.join(names[k] for k in present)}); keep "
+                        "one of them in this folder (move the other elsewhere), so it is clear which images to use")
+    if present:
+        return present[0]
     raise DataError(f"{root}: unknown MoNuSeg layout; expected images/ + masks/, LViT Train_Folder/img + labelcol, "
-                    "or the official 'Tissue Images/' + 'Annotations/' (see data/README.md)")
+                    "or the official 'Tissue Images/' + 'Annotations/': point --data at the dataset folder itself "
+                    "(see data/README.md)")
 
 
 def _official_releases(root: Path) -> list[Path]:
@@ -121,6 +127,9 @@ def _refs_shared(root: Path, working_size: int | None) -> tuple[list[CaseRef], b
     pairs = pair_files(list_images(root / "images"), root / "masks", same_stem((".png",)))
     texts = read_text_table(root / "text.csv", key="id", value="text") if (root / "text.csv").is_file() else {}
     rows = read_cases_csv(root / "cases.csv")
+    check_case_ids(rows, [p.stem for p, _ in pairs], root / "cases.csv", root / "images")
+    if texts:
+        check_texts(texts, [p.stem for p, _ in pairs], root / "text.csv")
     refs = []
     for img_path, mask_path in pairs:
         cid = img_path.stem
@@ -135,10 +144,13 @@ def _refs_shared(root: Path, working_size: int | None) -> tuple[list[CaseRef], b
     return refs, bool(texts), "images/ + masks/ layout"
 
 
-def _lvit_text(root: Path, folder: Path, split_name: str) -> dict[str, str]:
+def _lvit_text(root: Path, folder: Path, split_name: str, keys: list[str] | None = None) -> dict[str, str]:
     for cand in (folder / f"{split_name}_text.xlsx", root / f"{split_name}_text.xlsx"):
         if cand.is_file():
-            return read_text_table(cand)
+            texts = read_text_table(cand)
+            if keys is not None:
+                check_texts(texts, keys, cand)
+            return texts
     return {}
 
 
@@ -148,9 +160,10 @@ def _refs_lvit(root: Path, working_size: int | None) -> tuple[list[CaseRef], boo
         folder = root / f"{prefix}_Folder"
         if not folder.is_dir():
             continue
-        texts = _lvit_text(root, folder, prefix)
+        pairs = pair_files(list_images(folder / "img"), folder / "labelcol", same_stem((".png",)))
+        texts = _lvit_text(root, folder, prefix, [m.name for _, m in pairs])
         any_text |= bool(texts)
-        for img_path, mask_path in pair_files(list_images(folder / "img"), folder / "labelcol", same_stem((".png",))):
+        for img_path, mask_path in pairs:
             refs.append(CaseRef(img_path.stem, pair_loader(img_path, mask_path, 3, working_size), split,
                                 texts.get(mask_path.name, ""), {"image_path": str(img_path), "mask_path": str(mask_path)}))
     if not refs:

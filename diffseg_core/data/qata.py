@@ -18,7 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import DataError, SegDataset
-from .io import CaseRef, list_images, materialise, pair_files, pair_loader, read_text_table, seeded_train_val
+from .io import (CaseRef, check_texts, list_images, materialise, pair_files, pair_loader, read_text_table,
+                 seeded_train_val)
 
 CLASS_NAMES: tuple[str, ...] = ("background", "infection")
 FOLDERS: dict[str, str] = {"train": "Train", "val": "Val", "test": "Test"}
@@ -48,9 +49,12 @@ def load_qata(root: Path, working_size: int | None = 256, seed: int = 0, max_tra
         if not folder.is_dir():
             continue
         table = next((p for p in (folder / f"{prefix}_text.xlsx", root / f"{prefix}_text.xlsx") if p.is_file()), None)
+        pairs = pair_files(list_images(folder / "img"), folder / "labelcol", mask_name)
         texts = read_text_table(table) if table else {}
+        if table:
+            check_texts(texts, [m.name for _, m in pairs], table)
         has_text |= bool(texts)
-        for img_path, mask_path in pair_files(list_images(folder / "img"), folder / "labelcol", mask_name):
+        for img_path, mask_path in pairs:
             refs.append(CaseRef(img_path.stem, pair_loader(img_path, mask_path, 1, working_size), split,
                                 texts.get(mask_path.name, ""), {"image_path": str(img_path), "mask_path": str(mask_path)}))
     if not refs:

@@ -172,14 +172,74 @@ def plot_learning_curves(history: Any, ax: plt.Axes | None = None, losses: Seque
     return fig
 
 
-def results_table(rows: Sequence[dict[str, Any]], digits: int = 4):
-    """A pandas DataFrame from result rows; float columns rounded. Each row should carry a ``protocol``."""
+_RESULTS_TABLE_CLASS: list[type] = []
+
+
+def _results_table_class() -> type:
+    """A ``pandas.DataFrame`` subclass whose HTML shows every cell in full (made once, lazily)."""
+    if not _RESULTS_TABLE_CLASS:
+        import pandas as pd
+
+        class ResultsTable(pd.DataFrame):
+            """A results table: a DataFrame whose notebook/HTML display shows every protocol whole
+            (:func:`results_table_html`)."""
+
+            @property
+            def _constructor(self) -> type:
+                return ResultsTable
+
+            def _repr_html_(self) -> str | None:
+                return results_table_html(self)
+
+        _RESULTS_TABLE_CLASS.append(ResultsTable)
+    return _RESULTS_TABLE_CLASS[0]
+
+
+def results_table_html(df: Any) -> str:
+    """HTML of a results table: the numbers in a row, and the row's protocol sentence whole beneath it.
+
+    pandas cuts text cells to ``display.max_colwidth`` (50 characters) in its HTML display, which hid the
+    protocol, the book's main honesty device; a protocol column beside ten numbers would also be pushed
+    off the page. Here each row is followed by a full-width row ``<tr class="protocol">`` holding its
+    protocol, and the table carries the CSS class ``results-table``. Missing values (a paper that does
+    not report a metric) show as a dash.
+    """
+    import html as _html
+
     import pandas as pd
 
-    df = pd.DataFrame(list(rows))
+    import re
+
+    body = df.drop(columns="protocol") if "protocol" in df.columns else df
+    with pd.option_context("display.max_colwidth", None, "display.max_columns", None):
+        table = pd.DataFrame(body).to_html(classes="results-table", border=0, index=False, na_rep="\u2014")
+    if "protocol" not in df.columns:
+        return table
+    head, _, rest = table.partition("<tbody>")
+    # column names may break after an underscore (dice_<wbr>global) so that the table fits the page
+    head = re.sub(r"(<th[^>]*>)([^<]*)(</th>)", lambda m: m.group(1) + m.group(2).replace("_", "_<wbr>") + m.group(3), head)
+    rows_html, _, tail = rest.partition("</tbody>")
+    rows = rows_html.split("</tr>")[:-1]
+    out = []
+    for row_html, protocol in zip(rows, df["protocol"]):
+        out.append(row_html + "</tr>")
+        out.append(f'\n    <tr class="protocol"><td colspan="{body.shape[1]}"><em>protocol:</em> '
+                   f"{_html.escape(str(protocol))}</td></tr>")
+    return head + "<tbody>" + "".join(out) + "\n  </tbody>" + tail
+
+
+def results_table(rows: Sequence[dict[str, Any]], digits: int = 4):
+    """A results table (a pandas DataFrame) from result rows; float columns rounded; ``protocol`` last.
+
+    Each row should carry a ``protocol``. In a notebook or the rendered book the table shows each row's
+    protocol sentence whole, beneath the row (:func:`results_table_html`).
+    """
+    df = _results_table_class()(list(rows))
     for col in df.columns:
         if df[col].dtype.kind == "f":
             df[col] = df[col].round(digits)
+    if "protocol" in df.columns:
+        df = df[[c for c in df.columns if c != "protocol"] + ["protocol"]]
     return df
 
 

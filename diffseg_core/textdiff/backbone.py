@@ -5,6 +5,11 @@ The paper's backbone is OpenAI's ImageNet 256x256 unconditional ADM (553 M param
 **substitute**: a MONAI ``DiffusionModelUNet`` of the preset's size (:data:`BACKBONE_ARCHS`), pre-trained by
 the project on the dataset's unlabelled images (:mod:`.pretrain`). A user checkpoint can replace it
 (:func:`load_backbone`). See the book's decisions page (T6) for how blocks are then chosen.
+
+The paper's own backbone is available too: ``adm256:PATH`` (or just ``adm256``, the file in the weights folder
+of :mod:`diffseg_core.weights`) loads the released ADM-256 file strictly into
+:class:`~diffseg_core.textdiff.adm.ADMUNet`, read at the paper's decoder blocks (:func:`is_adm_spec`,
+:func:`backbone_label`).
 """
 from __future__ import annotations
 
@@ -17,8 +22,12 @@ from torch import nn
 from ..checkpoint import load_checkpoint
 from ..device import pick_device
 
-__all__ = ["BACKBONE_FILE", "CHECKPOINT_FORMAT", "BACKBONE_ARCHS", "backbone_arch", "build_from_arch", "build_backbone",
-           "freeze", "jsonable_arch", "load_backbone"]
+__all__ = ["BACKBONE_FILE", "CHECKPOINT_FORMAT", "BACKBONE_ARCHS", "ADM_SPEC", "backbone_arch", "build_from_arch",
+           "build_backbone", "freeze", "jsonable_arch", "load_backbone", "is_adm_spec", "adm_spec_path",
+           "backbone_label"]
+
+#: ``--backbone adm256:PATH`` (or ``adm256``: the file in the weights folder) selects the paper's ADM-256
+ADM_SPEC = "adm256"
 
 BACKBONE_FILE = "backbone.pt"
 CHECKPOINT_FORMAT = "diffseg-ddpm-backbone/1"
@@ -79,6 +88,29 @@ def jsonable_arch(arch: dict[str, Any]) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in arch.items()}
 
 
+def is_adm_spec(spec: str | Path | None) -> bool:
+    """True for ``adm256`` and ``adm256:PATH`` (the paper's ADM-256 backbone)."""
+    return isinstance(spec, str) and (spec == ADM_SPEC or spec.startswith(ADM_SPEC + ":"))
+
+
+def adm_spec_path(spec: str) -> Path:
+    """The file of an ``adm256[:PATH]`` spec; plain ``adm256`` is the weights folder's copy
+    (:func:`diffseg_core.weights.require_weights`, which says how to get it when it is absent)."""
+    from ..weights import require_weights
+
+    _, _, path = spec.partition(":")
+    return Path(path).expanduser() if path else require_weights("adm256-uncond")
+
+
+def backbone_label(spec: str | Path | None) -> str:
+    """One phrase saying which backbone a TextDiff result comes from (for protocol sentences)."""
+    if not spec:
+        return "substitute backbone: a diffusion U-Net DDPM-pre-trained here on the dataset's unlabelled images"
+    if is_adm_spec(spec):
+        return f"backbone: the paper's ADM-256 (OpenAI 256x256_diffusion_uncond.pt, ImageNet), {spec}"
+    return f"backbone: the diffusion U-Net checkpoint {spec}"
+
+
 def load_backbone(path: str | Path, in_channels: int, image_size: int | None = None,
                   device: torch.device | None = None) -> nn.Module:
     """Load a user-supplied diffusion U-Net checkpoint (``--backbone PATH``), frozen.
@@ -89,8 +121,22 @@ def load_backbone(path: str | Path, in_channels: int, image_size: int | None = N
     [false, false, false, true], "norm_num_groups": 16, "num_head_channels": 32}``), ``"in_channels"`` and
     ``"state_dict"``; or a bare ``state_dict`` of a 2-D ``DiffusionModelUNet`` with one of the preset
     architectures of :data:`BACKBONE_ARCHS` (tried in turn). OpenAI's ADM checkpoints are a different
-    architecture and are not accepted.
+    architecture: name them ``adm256:PATH`` (or ``adm256`` for the weights folder's copy); they are loaded
+    strictly by :func:`~diffseg_core.textdiff.adm.load_adm` (3-channel input; grey images are repeated to RGB).
     """
+    if is_adm_spec(path):
+        from .adm import load_adm
+
+        adm_path = adm_spec_path(str(path))
+        if not adm_path.is_file():
+            raise FileNotFoundError(f"ADM backbone {adm_path} does not exist (--backbone {path}); "
+                                    f"python -m diffseg_core.weights where adm256-uncond says how to get it")
+        unet = load_adm(adm_path)
+        if in_channels not in (1, unet.in_channels):
+            raise ValueError(f"ADM backbone {adm_path} takes {unet.in_channels}-channel images, the dataset has {in_channels}")
+        if image_size is not None and image_size % unet.divisor:
+            raise ValueError(f"image_size {image_size} must be divisible by {unet.divisor} for the ADM backbone")
+        return freeze(unet.to(device or pick_device()))
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone checkpoint {path} does not exist")

@@ -44,6 +44,10 @@ class FeatureCache:
     def keys(self) -> list[str]:
         return list(self._items)
 
+    def clear(self) -> None:
+        """Drop every entry (the features were computed with a backbone that is no longer used)."""
+        self._items.clear()
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for v in self._items.values() for t in v)
 

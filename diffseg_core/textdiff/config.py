@@ -5,6 +5,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import model_config_from_dict
+from ..weights import find_weights
+from .adm import TEXTDIFF_ADM_BLOCKS
+from .backbone import ADM_SPEC
 from .pretrain import DDPM_TRAINING
 
 __all__ = ["TextDiffConfig"]
@@ -19,8 +22,12 @@ class TextDiffConfig:
     Attributes:
         train_images: labelled training images, a seeded choice (T11) [MoNuSeg 5, QaTa 150].
         text_encoder: ``"clinical"`` (Bio_ClinicalBERT, falls back to ``"minilm"`` offline) or ``"minilm"``.
-        backbone: path of a diffusion U-Net checkpoint (:func:`~diffseg_core.features.load_backbone`);
-            ``None`` pre-trains the preset's substitute on the dataset's unlabelled training images.
+        backbone: path of a diffusion U-Net checkpoint (:func:`~diffseg_core.textdiff.backbone.load_backbone`),
+            or ``"adm256:PATH"`` / ``"adm256"`` for the paper's ADM-256 file; ``None`` pre-trains the preset's
+            substitute on the dataset's unlabelled training images. The ``paper`` and ``gpu`` presets choose
+            ADM-256 by themselves when the file is in the weights folder (:mod:`diffseg_core.weights`).
+        adm_blocks: decoder blocks read when the backbone is ADM-256 [MoNuSeg {6, 8, 12, 16}, QaTa
+            {4, 6, 8, 12}]; other backbones use ``block_fractions``.
         use_text: False = ablation zeta_1 (no text, no cross-attention).
         use_xattn: False = ablation zeta_2 (pooled text concatenated per pixel; our choice, T10).
         shuffle_text: permute the training sentences across the chosen images (seeded derangement), to
@@ -50,6 +57,7 @@ class TextDiffConfig:
     train_images: int = 5
     text_encoder: str = "clinical"
     backbone: str | None = None
+    adm_blocks: tuple[int, ...] = (6, 8, 12, 16)
     use_text: bool = True
     use_xattn: bool = True
     shuffle_text: bool = False
@@ -81,9 +89,11 @@ class TextDiffConfig:
         """Values per preset.
 
         * ``paper``: the official MoNuSeg config (dim 768, 8 x 64 heads, 50 epochs, batch 1, lr 1e-4,
-          256 px, 10 tokens) with an ADM-shaped backbone trained from scratch (ADM-256 ImageNet weights
-          are not loadable offline). QaTa: blocks at 1/16..1/2 (the official {4, 6, 8, 12}), 150 images.
-        * ``gpu``: the same head and attention at 256 px, a mid-size backbone, minutes of DDPM.
+          256 px, 10 tokens) on the paper's ADM-256 when ``256x256_diffusion_uncond.pt`` is in the weights
+          folder (``backbone="adm256:PATH"``, blocks {6, 8, 12, 16}), else an ADM-shaped backbone trained from
+          scratch. QaTa: blocks {4, 6, 8, 12} of ADM-256 (1/16..1/2 of the substitute), 150 images.
+        * ``gpu``: the same head and attention at 256 px on ADM-256 when the file is present, else a mid-size
+          backbone and minutes of DDPM.
         * ``cpu``: 256 px as the paper (nuclei stay ~5-7 px wide; at 128 px they would be 2-4 px and Dice
           would collapse for reasons unrelated to the method, book/decisions.md), a 2.9 M-parameter backbone
           pre-trained for 400 DDPM steps on 64 px crops, dim 64, 4 x 16 heads, head (64, 32), 30 epochs
@@ -96,6 +106,10 @@ class TextDiffConfig:
         common = dict(ddpm_steps=ddpm["steps"], ddpm_batch=ddpm["batch_size"], ddpm_crop=ddpm["crop"],
                       ddpm_lr=ddpm["lr"], backbone_preset=preset if preset in DDPM_TRAINING else "paper")
         qata = dataset == "qata"
+        common["adm_blocks"] = TEXTDIFF_ADM_BLOCKS["qata" if qata else "monuseg"]
+        if preset in ("paper", "gpu"):  # the paper's backbone whenever its file is on this machine
+            adm = find_weights("adm256-uncond")
+            common["backbone"] = f"{ADM_SPEC}:{adm}" if adm is not None else None
         if preset == "smoke":
             return cls(train_images=2, block_fractions=(1 / 4, 1 / 2, 1.0), dim=16, heads=2, dim_head=8,
                        head_hidden=(16, 8), epochs=2, image_size=32, lr=1e-3, **common)

@@ -77,10 +77,15 @@ class DecoderBlock:
 def decoder_blocks(unet: nn.Module) -> list[DecoderBlock]:
     """All decoder layers of a MONAI ``DiffusionModelUNet``, coarsest first (like ADM's ``output_blocks``).
 
+    A backbone with its own ``decoder_blocks()`` method (ADM-256, :class:`~diffseg_core.textdiff.adm.ADMUNet`,
+    whose blocks are its ``output_blocks``) is asked for them instead.
+
     Each up-block (one per level) holds ``num_res_blocks + 1`` layers; a layer is its ResNet block, or the
     attention layer that follows it where the level has attention. The up-sampler at the end of a level
     is not a separate block (its output is an up-sampled copy of the level's last layer).
     """
+    if hasattr(unet, "decoder_blocks"):  # a backbone that lists its own blocks (ADM, :mod:`.adm`)
+        return [DecoderBlock(b.index, b.level, b.fraction, b.channels, b.module) for b in unet.decoder_blocks()]
     ups = getattr(unet, "up_blocks", None)
     if ups is None:
         raise TypeError(f"decoder_blocks: expected a MONAI DiffusionModelUNet, got {type(unet).__name__}")
@@ -172,13 +177,16 @@ class DiffusionFeatureExtractor:
 
     @torch.no_grad()
     def extract(self, images: torch.Tensor, return_per_step: bool = False) -> list[torch.Tensor]:
-        """Features of ``images`` ``(B, C, H, W)`` in [0, 1].
+        """Features of ``images`` ``(B, C, H, W)`` in [0, 1] (grey ``C = 1`` images are repeated to RGB for a
+        backbone that says ``grey_as_rgb``, the RGB ImageNet ADM-256).
 
         Returns one tensor per chosen block, ``(B, C_b * n_steps, h_b, w_b)``: the block's outputs at each
         ``t`` concatenated along channels (``t`` in the order given), at the block's native resolution.
         With ``return_per_step`` the per-step tensors are returned instead, as ``[block][step]``
         ``(B, C_b, h_b, w_b)`` (for plots).
         """
+        if images.dim() == 4 and images.shape[1] == 1 and self.in_channels == 3 and getattr(self.unet, "grey_as_rgb", False):
+            images = images.expand(-1, 3, -1, -1)  # a grey image read as RGB (three equal channels), for ADM-256
         if images.dim() != 4 or images.shape[1] != self.in_channels:
             raise ValueError(f"DiffusionFeatureExtractor.extract: images must be (B, {self.in_channels}, H, W), "
                              f"got {tuple(images.shape)}")

@@ -3,7 +3,8 @@
 The pieces (book/decisions.md; decisions T1-T11 recorded where they apply):
 
 * :mod:`diffseg_core.features`: a frozen denoising U-Net read at t = 50/150/250 (Eq. 1-2), blocks at
-  1/8, 1/4, 1/2, 1 of the input (T6 by relative resolution), features cached once per image;
+  1/8, 1/4, 1/2, 1 of the input (T6 by relative resolution), features cached once per image; with the paper's
+  ADM-256 (``--backbone adm256:PATH``, :mod:`.adm`) the paper's block indices instead ({6, 8, 12, 16});
 * :mod:`diffseg_core.text`: a frozen BERT, 10 tokens per sentence (T9);
 * :mod:`diffseg_core.cross_attention`: Eq. 3 inside the official block, shared over scales, at native
   resolution, then up-sampled and concatenated (T2, T3); ablations zeta_1/zeta_2 (T10);
@@ -31,7 +32,8 @@ from torch import nn
 
 from ..data import DatasetInfo
 from ..methods.base import MethodOption, SegMethod
-from .backbone import BACKBONE_FILE, load_backbone
+from .adm import ADM256
+from .backbone import ADM_SPEC, BACKBONE_FILE, adm_spec_path, backbone_label, is_adm_spec, load_backbone
 from .cache import FeatureCache, image_key
 from .config import TextDiffConfig
 from .features import DiffusionFeatureExtractor, select_blocks_by_resolution
@@ -76,7 +78,8 @@ class TextDiffMethod(SegMethod):
                      "150 QaTa)", type=int),
         MethodOption("--text-encoder", "text_encoder", "Bio_ClinicalBERT (falls back to MiniLM offline) or MiniLM",
                      type=str, choices=("clinical", "minilm")),
-        MethodOption("--backbone", "backbone", "path of a diffusion U-Net checkpoint to use instead of pre-training one",
+        MethodOption("--backbone", "backbone", "path of a diffusion U-Net checkpoint to use instead of pre-training "
+                     "one; adm256:PATH (or adm256, the weights folder's copy) for the paper's ADM-256 file",
                      type=str, metavar="PATH"),
         MethodOption("--no-text", "use_text", "ablation zeta_1: no text, no cross-attention", const=False),
         MethodOption("--text-no-xattn", "use_xattn", "ablation zeta_2: pooled text concatenated per pixel", const=False),
@@ -150,7 +153,21 @@ class TextDiffMethod(SegMethod):
 
     # ---- frozen parts --------------------------------------------------------------------
     def _setup_frozen(self, unet: nn.Module) -> None:
-        blocks = select_blocks_by_resolution(unet, self.model_cfg.image_size, self.model_cfg.block_fractions)
+        # features depend on the backbone: a new backbone makes every cached feature stale
+        for cache in (self.train_cache, self.eval_cache):
+            if len(cache):
+                print(f"features: backbone replaced, dropping {len(cache)} cached feature maps")
+                cache.clear()
+        if hasattr(unet, "decoder_blocks"):  # ADM-256: the paper's block indices (MoNuSeg {6, 8, 12, 16})
+            n = len(unet.decoder_blocks())
+            blocks = list(self.model_cfg.adm_blocks)
+            if not blocks or any(not 0 <= b < n for b in blocks):
+                raise ValueError(f"textdiff: adm_blocks {blocks} must be indices of the backbone's {n} output blocks")
+            if self.model_cfg.image_size % unet.divisor:
+                raise ValueError(f"textdiff: image_size {self.model_cfg.image_size} must be divisible by {unet.divisor} "
+                                 "for the ADM backbone")
+        else:
+            blocks = select_blocks_by_resolution(unet, self.model_cfg.image_size, self.model_cfg.block_fractions)
         self.extractor = DiffusionFeatureExtractor(unet.to(self.device), self.model_cfg.timesteps, blocks, self.model_cfg.noise_seed)
         if self.model_cfg.use_text and self.text_encoder is None:
             from .text import load_text_encoder
@@ -187,7 +204,12 @@ class TextDiffMethod(SegMethod):
         if not self.selected_ids:  # called without select_training_cases: use the cases given
             self.selected_ids = [c.id for c in train_cases]
         t0 = time.perf_counter()
-        if self.model_cfg.backbone:
+        if is_adm_spec(self.model_cfg.backbone):
+            unet = load_backbone(self.model_cfg.backbone, self.info.in_channels, self.model_cfg.image_size, self.device)
+            self.backbone_path = f"{ADM_SPEC}:{adm_spec_path(self.model_cfg.backbone).resolve()}"
+            self.backbone_source = backbone_label(self.backbone_path).removeprefix("backbone: ") + \
+                ("" if unet.config == ADM256 else f" [reduced architecture: {unet.config}]")
+        elif self.model_cfg.backbone:
             unet = load_backbone(self.model_cfg.backbone, self.info.in_channels, self.model_cfg.image_size, self.device)
             self.backbone_path, self.backbone_source = str(Path(self.model_cfg.backbone).resolve()), "user checkpoint"
         else:
@@ -221,16 +243,21 @@ class TextDiffMethod(SegMethod):
 
     def restore(self, run_dir: Path, run_info: dict[str, Any]) -> None:
         """Rebuild the frozen backbone (``run_dir/backbone.pt``, else the recorded path) and text encoder."""
-        candidates = [Path(run_dir) / BACKBONE_FILE]
-        for p in (run_info.get("backbone_path"), self.model_cfg.backbone):
-            if p:
-                candidates.append(Path(p))
-        path = next((p for p in candidates if p.is_file()), None)
-        if path is None:
-            raise FileNotFoundError(f"textdiff: no backbone checkpoint found (looked for "
-                                    f"{', '.join(str(p) for p in candidates)}); it is written by training")
-        unet = load_backbone(path, self.info.in_channels, self.model_cfg.image_size, self.device)
-        self.backbone_path, self.backbone_source = str(path), run_info.get("backbone_source", "restored")
+        adm = next((p for p in (run_info.get("backbone_path"), self.model_cfg.backbone) if is_adm_spec(p)), None)
+        if adm is not None:  # the ADM-256 file is not copied into the run folder: it is read where it was
+            unet = load_backbone(adm, self.info.in_channels, self.model_cfg.image_size, self.device)
+            self.backbone_path, self.backbone_source = adm, run_info.get("backbone_source", backbone_label(adm))
+        else:
+            candidates = [Path(run_dir) / BACKBONE_FILE]
+            for p in (run_info.get("backbone_path"), self.model_cfg.backbone):
+                if p:
+                    candidates.append(Path(p))
+            path = next((p for p in candidates if p.is_file()), None)
+            if path is None:
+                raise FileNotFoundError(f"textdiff: no backbone checkpoint found (looked for "
+                                        f"{', '.join(str(p) for p in candidates)}); it is written by training")
+            unet = load_backbone(path, self.info.in_channels, self.model_cfg.image_size, self.device)
+            self.backbone_path, self.backbone_source = str(path), run_info.get("backbone_source", "restored")
         self.selected_ids = list(run_info.get("selected_ids", []))
         if self.model_cfg.use_text:
             from .text import load_text_encoder
@@ -245,6 +272,8 @@ class TextDiffMethod(SegMethod):
         return {
             "selected_ids": list(self.selected_ids),
             "backbone_path": self.backbone_path, "backbone_source": self.backbone_source,
+            "backbone": "adm256" if is_adm_spec(self.backbone_path) else ("substitute" if not self.model_cfg.backbone
+                                                                          else "user checkpoint"),
             "ddpm_steps_done": len(self.ddpm_losses),
             "ddpm_loss_first_last": [self.ddpm_losses[0], float(np.mean(self.ddpm_losses[-20:]))] if self.ddpm_losses else None,
             "text_encoder_requested": self.model_cfg.text_encoder if self.model_cfg.use_text else None,

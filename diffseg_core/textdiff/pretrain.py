@@ -9,6 +9,8 @@ validation, model selection).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from ..device import pick_device
 from ..schedule import ddpm_linear_schedule, q_sample
 from .backbone import BACKBONE_FILE, CHECKPOINT_FORMAT, backbone_arch, build_from_arch, freeze, jsonable_arch
 
-__all__ = ["DDPM_TRAINING", "pretrain_ddpm"]
+__all__ = ["DDPM_TRAINING", "pretrain_ddpm", "backbone_cache_key"]
 
 #: DDPM pre-training per preset: optimiser steps, batch size, crop size (px), learning rate.
 DDPM_TRAINING: dict[str, dict[str, Any]] = {
@@ -48,6 +50,30 @@ def random_crops(images: torch.Tensor, crop: int, n: int, gen: torch.Generator) 
     return out
 
 
+def backbone_cache_key(images: torch.Tensor, arch: dict[str, Any], settings: dict[str, Any], seed: int
+                       ) -> tuple[str, dict[str, Any]]:
+    """The key of a pre-trained backbone: everything that determines its weights.
+
+    That is the training images (a SHA-256 of their values and shape: the dataset and which of its images),
+    the architecture, the input channels, the DDPM settings (steps, batch, crop, learning rate), the seed
+    and the checkpoint format. Returns the hex key and the fields it was computed from (the image hash
+    stands for the images). The device is not part of it: a backbone pre-trained on a GPU serves a CPU run.
+    """
+    data = images.detach().to("cpu", torch.float32).contiguous()
+    fields = {"format": CHECKPOINT_FORMAT, "arch": jsonable_arch(arch), "in_channels": int(images.shape[1]),
+              "settings": {k: (float(v) if k == "lr" else int(v)) for k, v in sorted(settings.items())},
+              "seed": int(seed), "images": {"shape": list(data.shape),
+                                            "sha256": hashlib.sha256(data.numpy().tobytes()).hexdigest()}}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest(), fields
+
+
+def _key_differences(have: dict[str, Any], want: dict[str, Any]) -> str:
+    names = {"images": "training images", "seed": "seed", "arch": "architecture", "in_channels": "input channels",
+             "settings": "DDPM settings", "format": "checkpoint format"}
+    diff = [names.get(k, k) for k in want if have.get(k) != want.get(k)]
+    return ", ".join(diff) if diff else "no recorded key (an older file)"
+
+
 def pretrain_ddpm(images: torch.Tensor, preset: str, steps: int | None = None, run_dir: str | Path | None = None,
                   seed: int = 0, progress: bool = True, batch_size: int | None = None, crop: int | None = None,
                   lr: float | None = None, device: torch.device | None = None) -> tuple[nn.Module, list[float]]:
@@ -58,8 +84,9 @@ def pretrain_ddpm(images: torch.Tensor, preset: str, steps: int | None = None, r
         preset: architecture and default training length (:data:`BACKBONE_ARCHS`, :data:`DDPM_TRAINING`).
         steps, batch_size, crop, lr: override the preset's training settings. Training uses random
             ``crop`` x ``crop`` windows with flips; features are later read on whole images.
-        run_dir: when given, the checkpoint ``run_dir/backbone.pt`` is **reused** if it exists (same
-            architecture and steps), else written atomically at the end.
+        run_dir: when given, ``run_dir/backbone.pt`` is a cache: it is **reused** (and the log says so) when its
+            key (:func:`backbone_cache_key`: the images, architecture, DDPM settings and seed) equals this call's;
+            otherwise a new backbone is trained and written over it atomically (the log says why).
         seed: seeds the crops, time steps and noise.
         device: where to train (default: :func:`~diffseg_core.device.pick_device`).
 
@@ -80,18 +107,18 @@ def pretrain_ddpm(images: torch.Tensor, preset: str, steps: int | None = None, r
     in_channels = int(images.shape[1])
     device = device or pick_device()
     path = Path(run_dir) / BACKBONE_FILE if run_dir is not None else None
+    key, key_fields = backbone_cache_key(images, arch, settings, seed)
     if path is not None and path.is_file():
         ckpt = load_checkpoint(path)
-        want = dict(arch=jsonable_arch(arch), in_channels=in_channels, steps=int(settings["steps"]))
-        have = dict(arch=ckpt.get("arch"), in_channels=ckpt.get("in_channels"), steps=ckpt.get("steps"))
-        if have != want:
-            raise ValueError(f"{path} holds a backbone trained with {have}, but this run asks for {want}; "
-                             f"use another run folder or delete {path}")
-        unet = build_from_arch(arch, in_channels)
-        unet.load_state_dict(ckpt["state_dict"])
-        if progress:
-            print(f"backbone: reusing {path} ({ckpt['steps']} DDPM steps, final loss {ckpt['losses'][-1]:.4f})")
-        return freeze(unet.to(device)), list(ckpt["losses"])
+        if isinstance(ckpt, dict) and ckpt.get("cache_key") == key:
+            unet = build_from_arch(arch, in_channels)
+            unet.load_state_dict(ckpt["state_dict"])
+            print(f"backbone: reusing the cached {path} (same images, seed, architecture and DDPM settings; key "
+                  f"{key[:12]}; {ckpt['steps']} DDPM steps, final loss {ckpt['losses'][-1]:.4f})")
+            return freeze(unet.to(device)), list(ckpt["losses"])
+        have = ckpt.get("cache_key_fields", {}) if isinstance(ckpt, dict) else {}
+        print(f"backbone: not reusing {path}: it was trained for other inputs (differs in: "
+              f"{_key_differences(have, key_fields)}); training a new one")
 
     gen = torch.Generator().manual_seed(int(seed))
     torch.manual_seed(int(seed))
@@ -117,7 +144,8 @@ def pretrain_ddpm(images: torch.Tensor, preset: str, steps: int | None = None, r
     seconds = time.perf_counter() - t0
     unet = freeze(unet)
     if path is not None:
-        save_checkpoint({"format": CHECKPOINT_FORMAT, "arch": jsonable_arch(arch), "in_channels": in_channels,
+        save_checkpoint({"format": CHECKPOINT_FORMAT, "cache_key": key, "cache_key_fields": key_fields,
+                         "arch": jsonable_arch(arch), "in_channels": in_channels,
                          "preset": preset, "steps": int(settings["steps"]), "settings": settings, "seed": int(seed),
                          "losses": losses, "seconds": seconds, "n_images": int(images.shape[0]),
                          "state_dict": {k: v.cpu() for k, v in unet.state_dict().items()}}, path)
