@@ -2,15 +2,16 @@
 
 Layers, from the bottom (a module may import its own layer and the layers below it):
 
-0. ``device``, ``distributed``, ``checkpoint``, ``metrics``, ``schedule``, ``provenance``, ``troubleshooting`` —
-   leaves, pure math and tables (``distributed`` may use ``device``);
+0. ``device``, ``distributed``, ``checkpoint``, ``metrics``, ``schedule``, ``uncertainty``, ``provenance``,
+   ``troubleshooting`` — leaves, pure math and tables (``distributed`` may use ``device``);
 1. ``config`` — dataclasses and preset tables (imports nothing from methods, data or the papers);
 2. ``data``, ``weights`` — loaders, synthetic data, batches; where the authors' weight files come from;
 3. ``plots`` — figures;
 4. ``methods.base`` — the socket every method plugs into;
 5. ``methods.unet``, ``cdal``, ``textdiff`` — one home per method (a package per paper);
 6. ``methods`` — the registry and ``get_config``;
-7. ``train``, ``evaluate``, ``released`` — the one loop, the scoring, the authors' checkpoints scored;
+7. ``train``, ``evaluate``, ``members``, ``released`` — the one loop, the scoring, per-member predictions, the
+   authors' checkpoints scored;
 8. ``notebook``, ``book`` — chapter set-up and the main job;
 9. ``cli``, ``__main__`` and the package itself.
 
@@ -29,14 +30,14 @@ from conftest import REPO
 PKG = REPO / "diffseg_core"
 LAYERS: list[tuple[str, ...]] = [
     ("diffseg_core.device", "diffseg_core.distributed", "diffseg_core.checkpoint", "diffseg_core.metrics",
-     "diffseg_core.schedule", "diffseg_core.provenance", "diffseg_core.troubleshooting"),
+     "diffseg_core.schedule", "diffseg_core.uncertainty", "diffseg_core.provenance", "diffseg_core.troubleshooting"),
     ("diffseg_core.config",),
     ("diffseg_core.data", "diffseg_core.weights"),
     ("diffseg_core.plots",),
     ("diffseg_core.methods.base",),
     ("diffseg_core.methods.unet", "diffseg_core.cdal", "diffseg_core.textdiff"),
     ("diffseg_core.methods",),
-    ("diffseg_core.train", "diffseg_core.evaluate", "diffseg_core.released"),
+    ("diffseg_core.train", "diffseg_core.evaluate", "diffseg_core.members", "diffseg_core.released"),
     ("diffseg_core.notebook", "diffseg_core.book"),
     ("diffseg_core.cli", "diffseg_core.__main__", "diffseg_core"),
 ]

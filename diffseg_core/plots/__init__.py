@@ -3,7 +3,8 @@
 Every function draws on a given matplotlib ``Axes`` (or makes its own figure) and returns the figure, so
 notebooks compose them. Errors are always coloured the same way (:data:`ERROR_COLOURS`: true positives
 green, false positives red, false negatives blue). Method-specific figures live in
-:mod:`diffseg_core.plots.cdal` and :mod:`diffseg_core.plots.textdiff`.
+:mod:`diffseg_core.plots.cdal` and :mod:`diffseg_core.plots.textdiff`; chapter 14's uncertainty figures in
+:mod:`diffseg_core.plots.uncertainty`.
 """
 from __future__ import annotations
 
