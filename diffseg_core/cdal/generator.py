@@ -237,15 +237,22 @@ class ConditionalGenerator(nn.Module):
         progressive_input: the 'residual' input pyramid of NCSN++ (True in every cDAL config).
         dropout: dropout inside the ResNet blocks (0 in cDAL).
         spatial_dims: 2 (images, slices: the paper) or 3 (volumes: the native 3-D variant of chapter 08).
+        out_activation: ``'tanh'`` (cDAL: an x0 predictor bounded to [-1, 1]) or ``'none'`` (an unbounded
+            output, e.g. the noise epsilon of the SegDiff-style baseline, :mod:`diffseg_core.segdiff`). It adds
+            no parameter, so names and counts are the same either way.
     """
 
     def __init__(self, label_channels: int = 1, image_channels: int = 3, nf: int = 64,
                  ch_mult: Sequence[int] = (1, 1, 1, 2, 2, 4, 4), num_res_blocks: int = 2,
                  attn_resolutions: Sequence[int] = (16, 8), image_size: int = 256, nz: int = 100,
                  z_emb_dim: int = 256, n_mlp: int = 3, enc_blocks: int = 5, resample: str = "fir",
-                 progressive_input: bool = True, dropout: float = 0.0, spatial_dims: int = 2) -> None:
+                 progressive_input: bool = True, dropout: float = 0.0, spatial_dims: int = 2,
+                 out_activation: str = "tanh") -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims, "ConditionalGenerator")
+        if out_activation not in ("tanh", "none"):
+            raise ValueError(f"ConditionalGenerator: out_activation must be 'tanh' or 'none', got {out_activation!r}")
+        self.out_activation = out_activation
         if resample not in ("fir", "avg"):
             raise ValueError(f"ConditionalGenerator: resample must be 'fir' or 'avg', got {resample!r}")
         if nf % 4 or nf < 4:
@@ -341,7 +348,7 @@ class ConditionalGenerator(nn.Module):
                 ``image_features`` (what :meth:`encode` returned for it) is given instead.
             z: latent (B, nz) or ``None`` (z = 0).
         Returns:
-            x0_hat (B, Cl, H, W) in [-1, 1] (tanh).
+            x0_hat (B, Cl, H, W) in [-1, 1] (tanh); with ``out_activation='none'`` the unbounded head output.
         """
         if x_t.ndim != 2 + self.spatial_dims:
             raise ValueError(f"ConditionalGenerator: x_t must have {self.spatial_dims} spatial axes "
@@ -388,7 +395,8 @@ class ConditionalGenerator(nn.Module):
             hcur = self.up_attn[j](hcur)
             if j < len(self.upsamplers):
                 hcur = self.upsamplers[j](hcur, temb, wz)
-        return torch.tanh(self.head(hcur))
+        out = self.head(hcur)
+        return torch.tanh(out) if self.out_activation == "tanh" else out
 
 
 def build_generator(cfg: "CDALConfig", label_ch: int, image_ch: int) -> ConditionalGenerator:
