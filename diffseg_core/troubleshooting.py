@@ -199,7 +199,7 @@ CASES: tuple[BadInput, ...] = (
     # ---- options ------------------------------------------------------------------------------
     BadInput("option-unknown-method", "Options", "An unknown method", "", f"{TRAIN} --method segformer --dataset "
              "synthetic --out RUN",
-             "argument --method: invalid choice: 'segformer' (choose from 'unet', 'cdal', 'textdiff'); see `python -m "
+             "argument --method: invalid choice: 'segformer' (choose from 'unet', 'cdal', 'segdiff', 'textdiff'); see `python -m "
              "diffseg_core train --help` for the options"),
     BadInput("option-unknown-dataset", "Options", "An unknown dataset", "", f"{TRAIN} --method unet --dataset liver "
              "--out RUN",

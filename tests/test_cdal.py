@@ -148,7 +148,6 @@ def test_sampler_shapes_ranges_and_trajectory():
 
 
 def test_identical_ensemble_members_have_zero_variance():
-    G, _ = _nets()
     # a generator that ignores its noisy input and z: every member produces the same map
     class Const(torch.nn.Module):
         label_channels, nz = 1, 8
@@ -161,8 +160,8 @@ def test_identical_ensemble_members_have_zero_variance():
 
     r = sample_cdal(Const(), vp_schedule(4), torch.randn(2, 3, 8, 8), n_samples=5)
     assert torch.equal(r["variance"], torch.zeros_like(r["variance"]))
-    r2 = sample_cdal(G, vp_schedule(4), torch.randn(2, 3, 8, 8), n_samples=5)
-    assert r2["variance"].max() > 0        # the real G with fresh noise does vary
+    # that members do differ, by a fresh z and fresh noise at every step, is pinned with a z-driven stub in
+    # tests/test_cdal_algorithms.py (an untrained G barely depends on its inputs: its variance is ~1e-11)
 
 
 def test_many_step_sampler():

@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("diffseg_core.data", "diffseg_core.weights"),
     ("diffseg_core.plots",),
     ("diffseg_core.methods.base",),
-    ("diffseg_core.methods.unet", "diffseg_core.cdal", "diffseg_core.textdiff"),
+    ("diffseg_core.methods.unet", "diffseg_core.cdal", "diffseg_core.segdiff", "diffseg_core.textdiff"),
     ("diffseg_core.methods",),
     ("diffseg_core.train", "diffseg_core.evaluate", "diffseg_core.members", "diffseg_core.released"),
     ("diffseg_core.notebook", "diffseg_core.book"),

@@ -247,6 +247,9 @@ class ConditionalGenerator(nn.Module):
         spatial_dims: 2 (images, slices: the paper) or 3 (volumes: the native 3-D variant of chapter 08).
         text_dim: width D of the text tokens; > 0 adds the text cross-attention of chapter 13 (0: plain cDAL).
         text_heads, text_dim_head: heads and width per head of those cross-modal blocks.
+        out_activation: ``'tanh'`` (cDAL: an x0 predictor bounded to [-1, 1]) or ``'none'`` (an unbounded
+            output, e.g. the noise epsilon of the SegDiff-style baseline, :mod:`diffseg_core.segdiff`). It adds
+            no parameter, so names and counts are the same either way.
     """
 
     def __init__(self, label_channels: int = 1, image_channels: int = 3, nf: int = 64,
@@ -254,9 +257,13 @@ class ConditionalGenerator(nn.Module):
                  attn_resolutions: Sequence[int] = (16, 8), image_size: int = 256, nz: int = 100,
                  z_emb_dim: int = 256, n_mlp: int = 3, enc_blocks: int = 5, resample: str = "fir",
                  progressive_input: bool = True, dropout: float = 0.0, spatial_dims: int = 2,
-                 text_dim: int = 0, text_heads: int = 4, text_dim_head: int = 32) -> None:
+                 text_dim: int = 0, text_heads: int = 4, text_dim_head: int = 32,
+                 out_activation: str = "tanh") -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims, "ConditionalGenerator")
+        if out_activation not in ("tanh", "none"):
+            raise ValueError(f"ConditionalGenerator: out_activation must be 'tanh' or 'none', got {out_activation!r}")
+        self.out_activation = out_activation
         if resample not in ("fir", "avg"):
             raise ValueError(f"ConditionalGenerator: resample must be 'fir' or 'avg', got {resample!r}")
         if nf % 4 or nf < 4:
@@ -363,7 +370,7 @@ class ConditionalGenerator(nn.Module):
             text: frozen text tokens (B, L, text_dim), required exactly when the generator has text
                 cross-attention (``text_dim > 0``, chapter 13); ``text_mask`` (B, L) bool, True for real tokens.
         Returns:
-            x0_hat (B, Cl, H, W) in [-1, 1] (tanh).
+            x0_hat (B, Cl, H, W) in [-1, 1] (tanh); with ``out_activation='none'`` the unbounded head output.
         """
         if x_t.ndim != 2 + self.spatial_dims:
             raise ValueError(f"ConditionalGenerator: x_t must have {self.spatial_dims} spatial axes "
@@ -422,7 +429,8 @@ class ConditionalGenerator(nn.Module):
                 hcur = self._attend_text(1, hcur, text, text_mask)
             if j < len(self.upsamplers):
                 hcur = self.upsamplers[j](hcur, temb, wz)
-        return torch.tanh(self.head(hcur))
+        out = self.head(hcur)
+        return torch.tanh(out) if self.out_activation == "tanh" else out
 
     def _attend_text(self, k: int, h: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Text block ``k``: every position of ``h`` (B, C, *S) attends to ``text`` (B, L, D) -> (B, C, *S)."""

@@ -1,7 +1,7 @@
 """The method registry, and :func:`get_config`, which joins a method's options to the shared presets.
 
 A method is a subclass of :class:`~diffseg_core.methods.base.SegMethod`, registered here by name (the
-U-Net baseline lives in this package; cDAL and TextDiff in their own packages, one per paper), so the
+U-Net baseline lives in this package; cDAL, the SegDiff-style baseline and TextDiff in their own packages), so the
 CLI, the notebooks and the evaluation code never import a method directly.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ from .base import MethodOption, SegMethod
 REGISTRY: dict[str, str] = {
     "unet": "diffseg_core.methods.unet:UNetMethod",
     "cdal": "diffseg_core.cdal.method:CDALMethod",
+    "segdiff": "diffseg_core.segdiff.method:SegDiffMethod",
     "textdiff": "diffseg_core.textdiff.method:TextDiffMethod",
 }
 METHODS: tuple[str, ...] = tuple(REGISTRY)
