@@ -576,8 +576,8 @@ def results_page_markdown(manifest: dict[str, Any], template: str, figure: str |
                   "the pooled Dice sums the overlaps over all images first.", ""]
         table = [{"model": r["model"], "source": ("paper, quoted" if r["paper"] else
                                                   f"this run ({r['data']})" if r["data"] not in ("", "ours") else "this run"),
-                  "Dice (per-image mean)": r["dice"], "IoU (per-image mean)": r["iou"],
-                  "Dice (pooled)": r["dice_pooled"], "protocol": r["protocol"] or "(no protocol given)"}
+                  "Dice (per-image mean)": r["dice"], "IoU (per-image mean)": _nan(r["iou"]),
+                  "Dice (pooled)": _nan(r["dice_pooled"]), "protocol": r["protocol"] or "(no protocol given)"}
                  for r in rows]
         lines += ["```{raw} html", _results_html(table), "```", ""]
     if silent:
@@ -587,6 +587,11 @@ def results_page_markdown(manifest: dict[str, Any], template: str, figure: str |
     if not n_ours + n_paper:
         lines += ["No chapter produced a scored row in this run.", ""]
     return head + "\n".join(lines)
+
+
+def _nan(x: float | None) -> float:
+    """``None`` as NaN, so that a number the source does not report shows as a dash, never as "None"."""
+    return float("nan") if x is None else x
 
 
 def _results_html(rows: list[dict[str, Any]]) -> str:

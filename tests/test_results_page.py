@@ -78,6 +78,7 @@ def test_results_page_from_a_fake_manifest(tmp_path):
     assert "<td>0.7123</td>" in text and "<td>0.8294</td>" in text and "paper, quoted" in text
     assert "this run (synthetic)" in text and OURS["protocol"] in text and PAPER["protocol"] in text
     assert "## 12 TextDiff \\*training\\*" in text and "<td>0.7867</td>" in text
+    assert "None" not in text and "<td>\u2014</td>" in text  # what a source does not report shows as a dash
     # chapters without a scored row are named, with the reason
     silent = text.split("## Chapters without a scored row")[1]
     assert "{doc}`/notebooks/03_q`: its results tables hold other quantities, no Dice score (1 row(s))" in silent
