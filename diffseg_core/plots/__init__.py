@@ -174,6 +174,31 @@ def plot_learning_curves(history: Any, ax: plt.Axes | None = None, losses: Seque
 
 _RESULTS_TABLE_CLASS: list[type] = []
 
+#: MIME type under which a displayed results table also carries its rows as JSON. The executed notebook
+#: thereby keeps every results row a chapter showed, and the main job (``python -m diffseg_core book``)
+#: collects them into the book's results page (``diffseg_core.book.collect_results_rows``). The rendered
+#: book ignores this MIME type; readers see the HTML table.
+RESULTS_MIME = "application/vnd.diffseg.results+json"
+
+
+def table_records(df: Any) -> list[dict[str, Any]]:
+    """The rows of a results table as JSON-safe dicts: NumPy scalars become Python numbers, NaN becomes ``None``."""
+    import math
+
+    out = []
+    for rec in df.to_dict("records"):
+        row: dict[str, Any] = {}
+        for key, value in rec.items():
+            if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+                value = value.item()
+            if isinstance(value, float) and not math.isfinite(value):
+                value = None
+            elif value is not None and not isinstance(value, (bool, int, float, str)):
+                value = str(value)
+            row[str(key)] = value
+        out.append(row)
+    return out
+
 
 def _results_table_class() -> type:
     """A ``pandas.DataFrame`` subclass whose HTML shows every cell in full (made once, lazily)."""
@@ -190,6 +215,10 @@ def _results_table_class() -> type:
 
             def _repr_html_(self) -> str | None:
                 return results_table_html(self)
+
+            def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+                # the rows travel with the executed notebook; the main job collects them (book/results)
+                return {RESULTS_MIME: {"rows": table_records(self)}}
 
         _RESULTS_TABLE_CLASS.append(ResultsTable)
     return _RESULTS_TABLE_CLASS[0]
@@ -232,7 +261,9 @@ def results_table(rows: Sequence[dict[str, Any]], digits: int = 4):
     """A results table (a pandas DataFrame) from result rows; float columns rounded; ``protocol`` last.
 
     Each row should carry a ``protocol``. In a notebook or the rendered book the table shows each row's
-    protocol sentence whole, beneath the row (:func:`results_table_html`).
+    protocol sentence whole, beneath the row (:func:`results_table_html`). Displaying the table (the last
+    line of a cell) also stores its rows in the executed notebook under :data:`RESULTS_MIME`: that is how a
+    chapter hands its results to the book's results page, with no extra call.
     """
     df = _results_table_class()(list(rows))
     for col in df.columns:
