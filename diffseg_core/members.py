@@ -125,13 +125,14 @@ def _cdal_parts(method: SegMethod) -> tuple[Any, Any, Any]:
     if "G" not in method.nets or not hasattr(method, "sched"):
         raise ValueError(f"member_probs: 'ensemble' samples cDAL's generator; {method.name} has none "
                          "(use 'mc_dropout' or 'tta' for other methods)")
-    return method.nets["G"], method.sched, method.model_cfg
+    G = method.sampling_generator() if hasattr(method, "sampling_generator") else method.nets["G"]  # EMA if kept
+    return G, method.sched, method.model_cfg
 
 
 def _slide(method: SegMethod, image: torch.Tensor, members: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
     """``members`` maps tiles (b, C, h, w) to (b, N, h, w) probabilities; stitched over ``image`` (1, C, H, W)."""
     roi = method.inference_roi()
-    with torch.no_grad():
+    with torch.inference_mode():  # the samplers return inference tensors, which the window stitching updates in place
         if roi is None:
             out = members(image)
         else:

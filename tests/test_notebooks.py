@@ -34,6 +34,22 @@ def test_notebook_lint(path):
     assert f"notebooks/{path.stem}" in toc_files(REPO / "_toc.yml"), f"{path.name} is not listed in _toc.yml"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_reads_every_parameter(path, caplog):
+    """papermill (``--help-notebook``, the main job's injection) parses every assignment of the parameters cell:
+    a second '=' on a line (e.g. in a comment) makes it skip that parameter with a warning."""
+    from papermill.translators import PythonTranslator
+
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    with caplog.at_level("WARNING", logger="papermill"):
+        names = {p.name for p in PythonTranslator.inspect(cell)}
+    assert not caplog.records, f"{path.name}: papermill cannot parse: {caplog.records[0].getMessage()}"
+    assigned = {line.split("=")[0].strip() for line in cell.source.splitlines()
+                if "=" in line and not line.lstrip().startswith(("#", " ")) and line.split("=")[0].strip().isidentifier()}
+    assert assigned <= names, f"{path.name}: papermill does not see {sorted(assigned - names)}"
+
+
 def test_every_toc_page_exists():
     for page in toc_files(REPO / "_toc.yml"):
         assert (REPO / f"{page}.ipynb").is_file() or (REPO / f"{page}.md").is_file(), f"_toc.yml lists missing {page}"
