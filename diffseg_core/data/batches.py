@@ -58,7 +58,7 @@ SPARSE_FOREGROUND = 0.10  # mean foreground fraction below which crops are biase
 
 
 @contextmanager
-def _plain_tensors() -> Iterator[None]:
+def plain_tensors() -> Iterator[None]:
     """Switch MONAI meta-data tracking off for the duration of the block, then restore the previous setting."""
     previous = get_track_meta()
     set_track_meta(False)
@@ -257,7 +257,7 @@ def train_batches(cases: Sequence[Case], cfg: Any, seed: int = 0, fg_bias: bool 
     while True:
         idx = rng.integers(0, len(cases), size=bs)
         images, labels = [], []
-        with _plain_tensors():
+        with plain_tensors():
             for i in idx:
                 out = (biased if fg_bias and has_fg[i] else uniform)(dict(items[i]))
                 if isinstance(out, list):  # RandCropByPosNegLabeld returns num_samples dicts

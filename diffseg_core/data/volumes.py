@@ -21,7 +21,6 @@ reproducible. Foreground/background voxel indices are computed once per volume.
 from __future__ import annotations
 
 from collections import OrderedDict
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from .base import Case, DataError
+from .batches import plain_tensors
 
 __all__ = ["Volume", "cases_to_volumes", "volume_batches"]
 
@@ -84,17 +84,6 @@ def cases_to_volumes(cases: Sequence[Case]) -> list[Volume]:
     return volumes
 
 
-@contextmanager
-def _plain_tensors() -> Iterator[None]:
-    """MONAI meta-data tracking off inside the block (plain tensors, faster transforms), restored after."""
-    from monai.data import get_track_meta, set_track_meta
-
-    previous = get_track_meta()
-    set_track_meta(False)
-    try:
-        yield
-    finally:
-        set_track_meta(previous)
 
 
 def volume_batches(volumes: Sequence[Volume], cfg: Any, seed: int = 0, pos_fraction: float = 0.5
@@ -133,7 +122,7 @@ def volume_batches(volumes: Sequence[Volume], cfg: Any, seed: int = 0, pos_fract
     uniform.set_random_state(seed=(seed + 1) % (2**32))
     rng = np.random.default_rng(seed)
     items, has_fg = [], []
-    with _plain_tensors():
+    with plain_tensors():
         for v in volumes:
             item = pad({"image": v.image.astype(np.float32, copy=False), "label": v.label[None]})
             fg = bool(np.any(np.asarray(item["label"]) > 0))
@@ -144,7 +133,7 @@ def volume_batches(volumes: Sequence[Volume], cfg: Any, seed: int = 0, pos_fract
     while True:
         idx = rng.integers(0, len(volumes), size=bs)
         images, labels = [], []
-        with _plain_tensors():
+        with plain_tensors():
             for i in idx:
                 out = (biased if has_fg[i] else uniform)(dict(items[i]))
                 if isinstance(out, list):  # RandCropByPosNegLabeld returns num_samples dicts
