@@ -176,7 +176,7 @@ def test_hippocampus_presets_do_not_augment():
     would move the anterior label to the posterior side (see the real-data check below)."""
     from diffseg_core.config import PRESETS, data_config
 
-    assert not any(data_config("hippocampus", p).augment for p in PRESETS)
+    assert all(data_config("hippocampus", p).augment == "none" for p in PRESETS)
 
 
 @pytest.mark.realdata

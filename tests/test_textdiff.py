@@ -72,7 +72,7 @@ def test_presets_and_overrides():
         (768, 8, 64, 50, 1e-4, 10, 256)
     cfg = get_config("textdiff", "monuseg", "cpu")
     mc = TextDiffConfig.from_dict(cfg.model)
-    assert cfg.data.working_size == cfg.data.crop == mc.image_size and not cfg.data.augment
+    assert cfg.data.working_size == cfg.data.crop == mc.image_size and cfg.data.augment == "none"
     assert cfg.train.steps == mc.epochs * mc.train_images // mc.batch_size
     cfg = get_config("textdiff", "monuseg", "cpu", use_text=False, shuffle_text=True, train_images=3)
     assert cfg.model["use_text"] is False and cfg.model["train_images"] == 3
