@@ -199,6 +199,9 @@ def describe_protocol(cfg, split: str, n_images: int, checkpoint: str, volumes: 
     augment = getattr(cfg.data, "augment", None)
     trained = (f"trained with augmentation '{augment}' ({AUGMENT_POLICIES.get(augment, augment)}); "
                if augment is not None else "")
+    if cfg.method == "textdiff" and dict(cfg.model).get("augment"):  # TextDiff augments its cached features itself
+        trained = ("trained with random 90-degree rotations and flips (p 0.5) of the cached features and labels "
+                   "(TextDiff's own augmentation); ")
     scored = (f"the first {n_images} of {n_available} {unit} (--limit {n_images})"
               if n_available is not None and n_available != n_images else f"{n_images} {unit}")
     if int(dict(cfg.model).get("spatial_dims", 2)) == 3:  # a 3-D model tiles whole volumes

@@ -82,3 +82,13 @@ def test_protocol_says_how_images_were_predicted(method, working_size, expect):
     assert expect in text
     window = get_method_class(method).inference_window(cfg)
     assert (window is None) == (method == "textdiff")
+
+
+def test_protocol_names_textdiff_feature_augmentation():
+    """TextDiff augments cached features, not images: the protocol must not say 'no augmentation' then."""
+    from diffseg_core.evaluate import describe_protocol
+
+    on = get_config("textdiff", "monuseg", "smoke")
+    assert on.model["augment"] and "rotations and flips" in describe_protocol(on, "test", 3, "last step")
+    off = override(on, **{"model.augment": False})
+    assert "augmentation 'none'" in describe_protocol(off, "test", 3, "last step")
