@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Any, Hashable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Hashable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -66,6 +66,24 @@ def plain_tensors() -> Iterator[None]:
         yield
     finally:
         set_track_meta(previous)
+
+
+def crop_batch(items: Sequence[dict[str, Any]], idx: Sequence[int],
+               transform_for: Callable[[int], Callable[[dict[str, Any]], Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of random crops: ``transform_for(i)`` applied to a copy of ``items[i]`` for each ``i`` in ``idx``
+    (in order, so the random stream is the caller's). Returns ``image`` (B, C, *crop) float in [0, 1] and
+    ``label`` (B, *crop) int64, both plain tensors. Shared by 2-D crops and 3-D volume patches."""
+    images, labels = [], []
+    with plain_tensors():
+        for i in idx:
+            out = transform_for(i)(dict(items[i]))
+            if isinstance(out, list):  # RandCropByPosNegLabeld returns num_samples dicts
+                out = out[0]
+            images.append(torch.as_tensor(out["image"]))
+            labels.append(torch.as_tensor(out["label"]))
+    image = torch.stack(images).float().clamp_(0, 1)
+    label = torch.stack(labels)[:, 0].round().long()
+    return image.as_subclass(torch.Tensor), label.as_subclass(torch.Tensor)
 
 
 class RandIsoAffined(RandomizableTransform, MapTransform):
@@ -256,15 +274,5 @@ def train_batches(cases: Sequence[Case], cfg: Any, seed: int = 0, fg_bias: bool 
         items.append(item)
     while True:
         idx = rng.integers(0, len(cases), size=bs)
-        images, labels = [], []
-        with plain_tensors():
-            for i in idx:
-                out = (biased if fg_bias and has_fg[i] else uniform)(dict(items[i]))
-                if isinstance(out, list):  # RandCropByPosNegLabeld returns num_samples dicts
-                    out = out[0]
-                images.append(torch.as_tensor(out["image"]))
-                labels.append(torch.as_tensor(out["label"]))
-        image = torch.stack(images).float().clamp_(0, 1)
-        label = torch.stack(labels)[:, 0].round().long()
-        yield {"image": image.as_subclass(torch.Tensor), "label": label.as_subclass(torch.Tensor),
-               "text": [cases[i].text for i in idx], "id": [cases[i].id for i in idx]}
+        image, label = crop_batch(items, idx, lambda i: biased if fg_bias and has_fg[i] else uniform)
+        yield {"image": image, "label": label, "text": [cases[i].text for i in idx], "id": [cases[i].id for i in idx]}

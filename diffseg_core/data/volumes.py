@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-import torch
 
 from .base import Case, DataError
-from .batches import plain_tensors
+from .batches import crop_batch, plain_tensors
 
 __all__ = ["Volume", "cases_to_volumes", "volume_batches"]
 
@@ -132,15 +131,5 @@ def volume_batches(volumes: Sequence[Volume], cfg: Any, seed: int = 0, pos_fract
             has_fg.append(fg)
     while True:
         idx = rng.integers(0, len(volumes), size=bs)
-        images, labels = [], []
-        with plain_tensors():
-            for i in idx:
-                out = (biased if has_fg[i] else uniform)(dict(items[i]))
-                if isinstance(out, list):  # RandCropByPosNegLabeld returns num_samples dicts
-                    out = out[0]
-                images.append(torch.as_tensor(out["image"]))
-                labels.append(torch.as_tensor(out["label"]))
-        image = torch.stack(images).float().clamp_(0, 1)
-        label = torch.stack(labels)[:, 0].round().long()
-        yield {"image": image.as_subclass(torch.Tensor), "label": label.as_subclass(torch.Tensor),
-               "text": [""] * bs, "id": [volumes[i].id for i in idx]}
+        image, label = crop_batch(items, idx, lambda i: biased if has_fg[i] else uniform)
+        yield {"image": image, "label": label, "text": [""] * bs, "id": [volumes[i].id for i in idx]}
