@@ -524,6 +524,7 @@ def _run_training(cfg: RunConfig, dataset: SegDataset, run_dir: str | Path | Non
     check_training_cases(dataset, split)
     val_cases = dataset.split("val")
     method = build_method(cfg, dataset, device)
+    method.progress = progress
     train_cases = method.select_training_cases(split, cfg.seed)
     data_record = training_data_record(train_cases, split)
     run_dir = Path(run_dir) if run_dir is not None else None

@@ -161,3 +161,21 @@ def test_precomputed_image_features_give_the_same_prediction():
         G(x, t, img, z, image_features=feats)
     with pytest.raises(ValueError, match="image_features must be"):
         G(x, t, z=z, image_features=feats[:, :4])
+
+
+def test_inference_path_equals_the_autograd_path_and_leaves_inputs_alone():
+    """Without autograd the residual blocks write in place (fewer passes over memory): the prediction must equal
+    the one computed with autograd on, and no input tensor may change."""
+    G = tiny_g()
+    _perturb(G)
+    x, img, z = torch.randn(2, 1, 16, 16), torch.randn(2, 3, 16, 16), torch.randn(2, 8)
+    t = torch.tensor([0, 1])
+    copies = [a.clone() for a in (x, img, z)]
+    with_grad = G(x, t, img, z)
+    assert with_grad.requires_grad
+    with torch.inference_mode():
+        fast = G(x, t, img, z)
+    torch.testing.assert_close(fast, with_grad.detach(), rtol=0, atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip((x, img, z), copies))
+    with_grad.square().mean().backward()                # the autograd path still trains
+    assert all(p.grad is not None for p in G.parameters() if p.requires_grad)

@@ -214,3 +214,15 @@ def test_ablations_and_shuffled_text(tmp_path, shared_encoder):
     given = sh.train_text
     assert sorted(given.values()) == sorted(ds[i] for i in sh.selected_ids)  # the same sentences, permuted
     assert all(given[i] != ds[i] for i in sh.selected_ids)  # none kept its own (the toy texts are distinct)
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_backbone_pretraining_bar_follows_the_progress_switch(progress, shared_encoder, capsys):
+    """``--no-progress`` (``run_training(progress=False)``) also silences the DDPM pre-training inside prepare()."""
+    from diffseg_core.train import run_training
+
+    cfg = get_config("textdiff", "synthetic", "smoke", seed=0)
+    method, _ = run_training(cfg, _dataset(), run_dir=None, progress=progress, verbose=False)
+    assert method.progress is progress
+    err = capsys.readouterr().err
+    assert ("DDPM pre-training" in err) is progress

@@ -86,6 +86,9 @@ class SegMethod:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         #: what :func:`diffseg_core.train.run_training` recorded about the last run (also in ``run.json``)
         self.last_run_info: dict[str, Any] = {}
+        #: whether long steps inside :meth:`prepare` (e.g. a backbone's pre-training) show a progress bar;
+        #: :func:`diffseg_core.train.run_training` sets it from its ``progress`` argument (CLI ``--no-progress``)
+        self.progress = True
         #: DDP wrappers of ``nets`` while the loop trains in a process group (:meth:`distribute`)
         self._train_nets: dict[str, nn.Module] = {}
 

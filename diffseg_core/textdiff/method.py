@@ -227,7 +227,7 @@ class TextDiffMethod(SegMethod):
             pool = self._unlabelled or list(train_cases)
             unet, self.ddpm_losses = pretrain_ddpm(
                 self._image_tensor(pool), self.model_cfg.backbone_preset, steps=self.model_cfg.ddpm_steps, run_dir=run_dir,
-                seed=self.cfg.seed, progress=True, batch_size=self.model_cfg.ddpm_batch, crop=self.model_cfg.ddpm_crop,
+                seed=self.cfg.seed, progress=self.progress, batch_size=self.model_cfg.ddpm_batch, crop=self.model_cfg.ddpm_crop,
                 lr=self.model_cfg.ddpm_lr, device=self.device)
             self.backbone_path = str((Path(run_dir) / BACKBONE_FILE).resolve()) if run_dir is not None else None
             self.backbone_source = f"DDPM pre-trained here on {len(pool)} unlabelled training images"
