@@ -233,7 +233,9 @@ class MemoryMonitor:
 
     On Linux each process's own high-water mark (``VmHWM``) is read, so short peaks between two polls are
     not lost; the sum of the current resident sizes of all descendants is also tracked, and the larger of
-    the two is reported. Elsewhere (no ``/proc``) the polled resident sizes are used.
+    the two is reported. Elsewhere (no ``/proc``) the polled resident sizes are used. A process is only seen
+    while it lives: a peak reached in the last ``interval`` seconds before a kernel exits can be missed
+    (chapters run for many seconds; only a notebook shorter than a poll is affected).
     """
 
     def __init__(self, interval: float = 0.5, heartbeat: Callable[[float], None] | None = None,

@@ -267,7 +267,8 @@ def test_data_digest_is_about_content_not_names_of_the_copy(tmp_path):
 def test_execute_notebook_writes_partial_then_renames(tmp_path):
     v4 = nbformat.v4
     good = v4.new_notebook(cells=[v4.new_code_cell('PRESET = "x"\nDATA_ROOT = ""\nSEED = 0', metadata={"tags": ["parameters"]}),
-                                  v4.new_code_cell("import os\nbuf = bytearray(80 * 2**20)\nprint(os.environ['TQDM_DISABLE'])")],
+                                  v4.new_code_cell("import os, time\nbuf = bytearray(80 * 2**20)\nprint(os.environ['TQDM_DISABLE'])\n"
+                                                  "time.sleep(1.2)  # > 2 polls of the monitor while the kernel lives")],
                            metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
     bad = copy_with(good, "raise RuntimeError('stop here')")
     nbformat.write(good, tmp_path / "good.ipynb")
