@@ -12,7 +12,11 @@ SHARED_DATA = Path(os.environ.get("DIFFSEG_SHARED_DATA", REPO.parent / "shared" 
 #: fact files (names and shapes of the authors' checkpoints), beside the shared data
 SHARED_OFFICIAL = Path(os.environ.get("DIFFSEG_SHARED_OFFICIAL", SHARED_DATA.parent / "official"))
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One intra-op thread for the tests that run in this process. Their networks are tiny, and with two OpenMP
+# threads a single competing process on a 2-core machine made the two overfit tests take ~10 minutes each
+# instead of ~5 s (every parallel region waits for the thread that lost its core). Notebook kernels and
+# torchrun workers are separate processes and keep their own settings.
+torch.set_num_threads(1)
 
 
 def shared_dataset(name: str) -> Path:
