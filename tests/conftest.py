@@ -15,8 +15,10 @@ SHARED_OFFICIAL = Path(os.environ.get("DIFFSEG_SHARED_OFFICIAL", SHARED_DATA.par
 # One intra-op thread for the tests that run in this process. Their networks are tiny, and with two OpenMP
 # threads a single competing process on a 2-core machine made the two overfit tests take ~10 minutes each
 # instead of ~5 s (every parallel region waits for the thread that lost its core). Notebook kernels and
-# torchrun workers are separate processes and keep their own settings.
+# torchrun workers are separate processes: they get one thread each from the environment below unless the
+# caller chose otherwise (the same slowdown hit the notebook kernels of the smoke book: minutes per chapter).
 torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def shared_dataset(name: str) -> Path:
