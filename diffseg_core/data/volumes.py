@@ -83,8 +83,6 @@ def cases_to_volumes(cases: Sequence[Case]) -> list[Volume]:
     return volumes
 
 
-
-
 def volume_batches(volumes: Sequence[Volume], cfg: Any, seed: int = 0, pos_fraction: float = 0.5
                    ) -> Iterator[dict[str, Any]]:
     """Endless batches of random 3-D patches.
