@@ -21,6 +21,40 @@ torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+#: the tests that read the smoke book (the ``smoke_book`` fixture): under pytest-xdist they run on one worker,
+#: so that the book is built once per test session (checked at collection, below)
+SMOKE_BOOK_TESTS = ("tests/test_book.py::test_main_job_", "tests/test_browser.py::")
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto`` (the default in pyproject.toml): one worker per core, at most 4 (each worker imports torch and
+    the notebook kernels it starts take ~1 GB)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist load`` (the default), except that the :data:`SMOKE_BOOK_TESTS` go to one worker as a group.
+
+    (xdist's own ``--dist loadgroup`` reads ``xdist_group`` marks by rewriting node ids, which pytest 9 no
+    longer allows, so the group is named here by node-id prefix.)"""
+    if config.getoption("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SmokeBookTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "smoke_book" if nodeid.startswith(SMOKE_BOOK_TESTS) else nodeid
+
+    return SmokeBookTogether(config, log)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if "smoke_book" in getattr(item, "fixturenames", ()) and not item.nodeid.startswith(SMOKE_BOOK_TESTS):
+            raise pytest.UsageError(f"{item.nodeid} uses the smoke_book fixture: add its node-id prefix to "
+                                    "SMOKE_BOOK_TESTS in tests/conftest.py so that xdist keeps it with the book")
+
+
 def shared_dataset(name: str) -> Path:
     """Path of ``../shared/data/<name>``; skips the calling test (with the reason) when absent."""
     path = SHARED_DATA / name

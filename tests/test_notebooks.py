@@ -61,7 +61,8 @@ def test_notebook_runs_under_nbval_on_smoke(path, tmp_path):
     """Runs the notebook with nbval (``--nbval-lax``: every cell must run; its asserts are the checks)."""
     env = dict(os.environ, DIFFSEG_PRESET="smoke", DIFFSEG_RESULTS_DIR=str(tmp_path), MPLBACKEND="Agg")
     env.pop("DIFFSEG_DATA", None)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
+    # "-n 0": one process (pyproject's addopts would otherwise start xdist workers for a single notebook)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider", "-n", "0",
                            "--nbval-current-env", "--rootdir", str(tmp_path), str(path)],
                           capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
     assert proc.returncode == 0, f"{path.name} failed under nbval:\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
