@@ -9,7 +9,9 @@ manifest, stage the executed copies for a static book and build it.
    change numbers (:data:`KEY_PACKAGES`). A notebook is executed with papermill (parameters ``PRESET``,
    ``DATA_ROOT``, ``SEED``) only when no earlier run with the same key left a complete executed copy;
    otherwise that copy is reused. The job says which it did, chapter by chapter, with the elapsed and the
-   expected time. ``force=True`` (``--force``) re-executes every notebook.
+   expected time. ``force=True`` (``--force``) re-executes every notebook. The chapters to execute run
+   ``jobs`` at a time (``--jobs``; default :func:`auto_jobs`: 2 on a 2-core CPU), longest first, each
+   kernel with its share of the cores; the book is still assembled in the order of ``_toc.yml``.
 2. **Crash safety.** papermill writes into ``OUT/executed/NAME.partial.ipynb``; only after the notebook
    finished without error is it renamed to ``NAME.ipynb`` and its stamp (``OUT/state/NAME.json``: key,
    SHA-256 of the executed file, seconds, peak memory, metrics) written, atomically. A job interrupted
@@ -225,11 +227,35 @@ def _device_kind() -> str:
     return "cpu" if dev.type == "cpu" else describe_device(dev)
 
 
+def auto_jobs(device_kind: str, cores: int | None = None, memory_gb: float | None = None) -> int:
+    """How many chapters the main job runs at once when ``--jobs`` is not given.
+
+    On an accelerator: 1 (the chapters would share it). On a CPU: one chapter per core, at most 4, and at
+    most one per 7 GiB of memory (a chapter may use :data:`MEMORY_BUDGET_MB`). Two chapters on one thread
+    each finish sooner than two after each other on two threads: much of a chapter is single-threaded
+    Python (data, plots, metrics), and the small networks of the ``cpu`` preset gain only ~1.5x from a second
+    thread (chapter 15 measures it). Chapters whose training is capped in minutes train fewer steps on
+    one thread; their protocol sentences say how many.
+    """
+    if device_kind != "cpu":
+        return 1
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    if memory_gb is None:
+        try:
+            import psutil
+
+            memory_gb = psutil.virtual_memory().total / 2**30
+        except ImportError:  # pragma: no cover - psutil comes with ipykernel
+            memory_gb = 0.0
+    return max(1, min(cores, 4, int(memory_gb // 7)))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Peak memory of the kernel (and anything it starts)
 # ---------------------------------------------------------------------------------------------------
 class MemoryMonitor:
-    """Polls the descendants of this process and keeps the peak resident memory they reach, in MiB.
+    """Polls the descendants of this process (or process ``root`` and its descendants) and keeps the peak
+    resident memory they reach, in MiB.
 
     On Linux each process's own high-water mark (``VmHWM``) is read, so short peaks between two polls are
     not lost; the sum of the current resident sizes of all descendants is also tracked, and the larger of
@@ -239,8 +265,9 @@ class MemoryMonitor:
     """
 
     def __init__(self, interval: float = 0.5, heartbeat: Callable[[float], None] | None = None,
-                 heartbeat_every: float = 60.0) -> None:
+                 heartbeat_every: float = 60.0, root: int | None = None) -> None:
         self.interval, self.heartbeat, self.heartbeat_every = interval, heartbeat, heartbeat_every
+        self.root = root  # watch this process and its descendants (None: the descendants of this process)
         self.peak_mb = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -271,7 +298,11 @@ class MemoryMonitor:
         except ImportError:  # pragma: no cover - psutil comes with ipykernel
             return
         try:
-            children = psutil.Process().children(recursive=True)
+            if self.root is None:
+                children = psutil.Process().children(recursive=True)
+            else:
+                top = psutil.Process(self.root)
+                children = [top, *top.children(recursive=True)]
         except psutil.Error:
             return
         total = 0.0
@@ -408,50 +439,94 @@ def _write_json_atomic(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+def kernel_environment(results_dir: Path, threads: int | None = None,
+                       base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a chapter's kernel runs in: ``base`` (default: this process's) plus
+    :data:`KERNEL_ENV`, ``DIFFSEG_RESULTS_DIR`` and, when ``threads`` is given and the user did not set
+    ``OMP_NUM_THREADS`` themselves, that many OpenMP threads (PyTorch's intra-op threads on a CPU)."""
+    env = dict(os.environ if base is None else base)
+    env.update(KERNEL_ENV)
+    env["DIFFSEG_RESULTS_DIR"] = str(results_dir)
+    if threads is not None and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
 def execute_notebook(src: Path, dst: Path, preset: str, data_root: str, results_dir: Path,
                      timeout: int | None = None, seed: int = 0,
-                     heartbeat: Callable[[float], None] | None = None) -> dict[str, Any]:
+                     heartbeat: Callable[[float], None] | None = None, threads: int | None = None) -> dict[str, Any]:
     """Run one notebook with papermill into ``dst`` (via ``NAME.partial.ipynb`` beside it); return its manifest entry.
 
-    Raises nothing: failures are recorded (``status: error`` with the message). ``dst`` is replaced only
-    when the notebook ran to the end without error; the half-executed copy of a failure stays at
-    ``NAME.partial.ipynb`` for inspection. ``peak_rss_mb`` is the kernel's peak resident memory.
-    """
-    import papermill as pm
+    papermill runs in a child process (``python -m diffseg_core.book --papermill REQUEST``) with the
+    environment of :func:`kernel_environment`, so that several chapters can run at once without sharing
+    this process's environment, and so that ``peak_rss_mb`` (the peak resident memory of that process,
+    its kernel and anything the kernel starts) counts one chapter only.
 
+    Raises nothing but ``KeyboardInterrupt``: failures are recorded (``status: error`` with the message).
+    ``dst`` is replaced only when the notebook ran to the end without error; the half-executed copy of a
+    failure stays at ``NAME.partial.ipynb`` for inspection.
+    """
     dst.parent.mkdir(parents=True, exist_ok=True)
     partial = dst.with_name(dst.stem + ".partial.ipynb")
-    saved = {k: os.environ.get(k) for k in ("DIFFSEG_RESULTS_DIR", *KERNEL_ENV)}
-    os.environ["DIFFSEG_RESULTS_DIR"] = str(results_dir)
-    os.environ.update(KERNEL_ENV)
+    request = dst.with_name(dst.stem + ".request.json")
+    answer = dst.with_name(dst.stem + ".answer.json")
+    answer.unlink(missing_ok=True)
     rec = results_dir / f"{src.stem}.json"
     rec.unlink(missing_ok=True)
+    _write_json_atomic(request, {"input": str(src), "output": str(partial), "cwd": str(src.parent),
+                                 "parameters": {"PRESET": preset, "DATA_ROOT": data_root, "SEED": seed},
+                                 "timeout": timeout, "answer": str(answer)})
     t0 = time.time()
     entry: dict[str, Any] = {"notebook": src.name, "output": str(dst)}
-    monitor = MemoryMonitor(heartbeat=heartbeat)
+    if threads is not None:
+        entry["threads"] = threads
+    proc = subprocess.Popen([sys.executable, "-m", "diffseg_core.book", "--papermill", str(request)],
+                            env=kernel_environment(results_dir, threads), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    monitor = MemoryMonitor(heartbeat=heartbeat, root=proc.pid)
     try:
         with monitor:
-            pm.execute_notebook(str(src), str(partial), parameters={"PRESET": preset, "DATA_ROOT": data_root, "SEED": seed},
-                                cwd=str(src.parent), kernel_name="python3", progress_bar=False,
-                                execution_timeout=timeout, log_output=False,
-                                extra_arguments=["--IPKernelApp.log_level=ERROR"])
+            _, err = proc.communicate()
+    finally:
+        if proc.poll() is None:  # interrupted: papermill's child saw the same Ctrl-C; give it a moment
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    reply = _load_stamp(answer) or {}
+    if proc.returncode == 0 and reply.get("status") == "ok" and partial.is_file():
         os.replace(partial, dst)
         entry["status"] = "ok"
-    except Exception as exc:  # papermill.PapermillExecutionError carries the cell and traceback
+    else:
         entry["status"] = "error"
-        entry["error"] = f"{type(exc).__name__}: {str(exc)[-3000:]}"
+        entry["error"] = reply.get("error") or (f"the papermill process exited with status {proc.returncode}: "
+                                                f"{(err or '').strip()[-3000:]}")
         entry["partial"] = str(partial)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    request.unlink(missing_ok=True)
+    answer.unlink(missing_ok=True)
     entry["seconds"] = round(time.time() - t0, 1)
     entry["peak_rss_mb"] = round(monitor.peak_mb, 1) if monitor.peak_mb else None
     if rec.is_file():
         entry["metrics"] = json.loads(rec.read_text()).get("metrics", {})
     return entry
+
+
+def _papermill_child(request_path: str) -> int:
+    """The child process of :func:`execute_notebook`: run papermill as the request file says and write the
+    outcome (``status``, and ``error`` with papermill's message naming the cell) to its ``answer`` file."""
+    import papermill as pm
+
+    req = json.loads(Path(request_path).read_text())
+    try:
+        pm.execute_notebook(req["input"], req["output"], parameters=req["parameters"], cwd=req["cwd"],
+                            kernel_name="python3", progress_bar=False, execution_timeout=req["timeout"],
+                            log_output=False, extra_arguments=["--IPKernelApp.log_level=ERROR"])
+    except Exception as exc:  # papermill.PapermillExecutionError carries the cell and traceback
+        _write_json_atomic(Path(req["answer"]), {"status": "error",
+                                                 "error": f"{type(exc).__name__}: {str(exc)[-3000:]}"})
+        return 1
+    _write_json_atomic(Path(req["answer"]), {"status": "ok"})
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -709,7 +784,7 @@ def _load_stamp(path: Path) -> dict[str, Any] | None:
 
 def run_main_job(preset: str = "auto", data_root: str = "", out: str | Path = "_build", only: list[str] | None = None,
                  build: bool = True, timeout: int | None = None, repo: Path = REPO, force: bool = False,
-                 seed: int = 0) -> int:
+                 seed: int = 0, jobs: int | None = None) -> int:
     """Execute the book's notebooks on ``preset`` (only those whose inputs changed) and build it.
 
     Returns a process exit status (0 on success). See the module docstring for what is reused, what is
@@ -721,6 +796,8 @@ def run_main_job(preset: str = "auto", data_root: str = "", out: str | Path = "_
     from .device import describe_device, pick_device
 
     preset = resolve_preset(preset)
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"run_main_job: jobs must be 1 or more (chapters executed at once), got {jobs}")
     out = Path(out).resolve()
     src_root, results_dir, executed_dir, state_dir = out / "src", out / "results", out / "executed", out / "state"
     for d in (src_root, results_dir, executed_dir, state_dir):
@@ -746,13 +823,15 @@ def run_main_job(preset: str = "auto", data_root: str = "", out: str | Path = "_
         "memory_budget_mb": MEMORY_BUDGET_MB, "notebooks": entries,
     }
     keep = stage_sources(repo, src_root, pages)
+    by_page: dict[str, dict[str, Any]] = {}
+    to_run: list[dict[str, Any]] = []
     for i, page in enumerate(notebooks, 1):
         src = repo / f"{page}.ipynb"
         head = f"[{i:>2}/{len(notebooks)}] {Path(page).name:<34}"
         if not src.is_file():
             print(f"{head} MISSING (listed in _toc.yml)", flush=True)
-            entries.append({"notebook": f"{page}.ipynb", "status": "error", "action": "missing",
-                            "error": "listed in _toc.yml but missing"})
+            by_page[page] = {"notebook": f"{page}.ipynb", "status": "error", "action": "missing",
+                             "error": "listed in _toc.yml but missing"}
             continue
         key, parts = input_key(src, preset, seed, core, data, _device_kind(), key_versions)
         dst = executed_dir / f"{page}.ipynb"
@@ -762,42 +841,84 @@ def run_main_job(preset: str = "auto", data_root: str = "", out: str | Path = "_
                     and stamp.get("output_sha256") == _sha256_file(dst))
         if reusable:
             entry = {k: stamp[k] for k in ("notebook", "status", "seconds", "peak_rss_mb", "metrics", "executed_at",
-                                           "git_sha") if k in stamp}
+                                           "git_sha", "threads") if k in stamp}
             entry.update(action="reused", output=str(dst), key=key)
             print(f"{head} reused   (inputs unchanged; executed {stamp.get('executed_at', '?')} in "
                   f"{_fmt_seconds(stamp.get('seconds'))}) | job {_fmt_seconds(time.time() - t0)}", flush=True)
-        else:
-            history = (stamp or {}).get("seconds_by_preset", {})
-            expected = history.get(preset)
-            why = "forced" if force else ("inputs changed: " + ", ".join(
-                k for k in parts if (stamp or {}).get("inputs", {}).get(k) != parts[k]) if stamp else "first run")
-            hint = f"expected ~{_fmt_seconds(expected)}" if expected else "no earlier run at this preset to time it by"
-            print(f"{head} running  ({why}; {hint}) | job {_fmt_seconds(time.time() - t0)}", flush=True)
+            by_page[page] = entry
+            continue
+        history = (stamp or {}).get("seconds_by_preset", {})
+        why = "forced" if force else ("inputs changed: " + ", ".join(
+            k for k in parts if (stamp or {}).get("inputs", {}).get(k) != parts[k]) if stamp else "first run")
+        to_run.append(dict(page=page, src=src, dst=dst, head=head, key=key, parts=parts, stamp_path=stamp_path,
+                           history=history, expected=history.get(preset), why=why))
 
-            def beat(elapsed: float, name: str = Path(page).name, expected: float | None = expected) -> None:
-                print(f"        ... {name} still running: {_fmt_seconds(elapsed)}"
-                      f"{f' of ~{_fmt_seconds(expected)}' if expected else ''}", flush=True)
+    # Longest first (by the last run at this preset; chapters never timed go first, in book order), on `jobs`
+    # lanes at once; each lane's kernel gets its share of the cores.
+    jobs = max(1, min(jobs or auto_jobs(_device_kind()), len(to_run) or 1))
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    manifest.update(jobs=jobs, threads_per_chapter=threads)
+    if jobs > 1:
+        print(f"{len(to_run)} chapter(s) to execute on {jobs} lanes at once, {threads} thread(s) each "
+              f"(--jobs 1: one at a time)", flush=True)
+    order = sorted(to_run, key=lambda r: (r["expected"] is not None, -(r["expected"] or 0.0)))
 
-            stamp_path.unlink(missing_ok=True)
-            entry = execute_notebook(src, dst, preset, data_root, results_dir, timeout, seed=seed, heartbeat=beat)
-            entry.update(action="executed", key=key)
-            mem = f"{entry['peak_rss_mb'] / 1024:.2f} GB" if entry.get("peak_rss_mb") else "?"
-            print(f"{head} {entry['status']:<8} in {_fmt_seconds(entry['seconds'])} (peak memory {mem}) "
-                  f"| job {_fmt_seconds(time.time() - t0)}", flush=True)
-            if entry["status"] == "ok":
-                entry["executed_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-                entry["git_sha"] = manifest["git_sha"]
-                _write_json_atomic(stamp_path, {
-                    **{k: entry.get(k) for k in ("notebook", "status", "seconds", "peak_rss_mb", "metrics",
-                                                 "executed_at", "git_sha")},
-                    "key": key, "inputs": parts, "output_sha256": _sha256_file(dst),
-                    "seconds_by_preset": {**history, preset: entry["seconds"]}})
+    def run_one(r: dict[str, Any]) -> dict[str, Any]:
+        page, expected = r["page"], r["expected"]
+        hint = f"expected ~{_fmt_seconds(expected)}" if expected else "no earlier run at this preset to time it by"
+        print(f"{r['head']} running  ({r['why']}; {hint}) | job {_fmt_seconds(time.time() - t0)}", flush=True)
+
+        def beat(elapsed: float, name: str = Path(page).name) -> None:
+            print(f"        ... {name} still running: {_fmt_seconds(elapsed)}"
+                  f"{f' of ~{_fmt_seconds(expected)}' if expected else ''}", flush=True)
+
+        r["stamp_path"].unlink(missing_ok=True)
+        kw = {"threads": threads} if threads is not None else {}
+        entry = execute_notebook(r["src"], r["dst"], preset, data_root, results_dir, timeout, seed=seed,
+                                 heartbeat=beat, **kw)
+        entry.update(action="executed", key=r["key"])
+        mem = f"{entry['peak_rss_mb'] / 1024:.2f} GB" if entry.get("peak_rss_mb") else "?"
+        print(f"{r['head']} {entry['status']:<8} in {_fmt_seconds(entry['seconds'])} (peak memory {mem}) "
+              f"| job {_fmt_seconds(time.time() - t0)}", flush=True)
+        if entry["status"] == "ok":
+            entry["executed_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            entry["git_sha"] = manifest["git_sha"]
+            _write_json_atomic(r["stamp_path"], {
+                **{k: entry.get(k) for k in ("notebook", "status", "seconds", "peak_rss_mb", "metrics",
+                                             "executed_at", "git_sha", "threads")},
+                "key": r["key"], "inputs": r["parts"], "output_sha256": _sha256_file(r["dst"]),
+                "seconds_by_preset": {**r["history"], preset: entry["seconds"]}})
+        return entry
+
+    def record(page: str, entry: dict[str, Any]) -> None:
+        by_page[page] = entry
+        manifest["notebooks"] = [by_page[p] for p in notebooks if p in by_page]
+        manifest["notebooks_seconds"] = round(time.time() - t0, 1)
+        _write_json_atomic(out / "manifest.json", manifest)
+
+    if jobs == 1:
+        for r in order:
+            record(r["page"], run_one(r))
+    else:
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="chapter")
+        try:
+            futures = {pool.submit(run_one, r): r["page"] for r in order}
+            for fut in as_completed(futures):
+                record(futures[fut], fut.result())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    entries = [by_page[p] for p in notebooks]
+    manifest["notebooks"] = entries
+    for page, entry in zip(notebooks, entries):
         if entry.get("peak_rss_mb") and entry["peak_rss_mb"] > MEMORY_BUDGET_MB:
             entry["over_memory_budget"] = True
             print(f"        WARNING: {Path(page).name} peaked at {entry['peak_rss_mb'] / 1024:.2f} GB, over the "
                   f"{MEMORY_BUDGET_MB / 1024:.0f} GB budget", flush=True)
-        entries.append(entry)
         if entry["status"] == "ok":
+            dst = executed_dir / f"{page}.ipynb"
             executed = nbformat.read(dst, as_version=4)
             entry.update(page=page, title=notebook_title(executed, Path(page).stem),
                          results_rows=collect_results_rows(executed))
@@ -809,8 +930,6 @@ def run_main_job(preset: str = "auto", data_root: str = "", out: str | Path = "_
             target = src_root / f"{page}.ipynb"
             _write_if_changed(target, nbformat.writes(staged).encode())
             keep.add(target)
-        manifest["notebooks_seconds"] = round(time.time() - t0, 1)
-        _write_json_atomic(out / "manifest.json", manifest)
     manifest["executed"] = sum(e.get("action") == "executed" for e in entries)
     manifest["reused"] = sum(e.get("action") == "reused" for e in entries)
     peaks = [e["peak_rss_mb"] for e in entries if e.get("peak_rss_mb")]
@@ -888,3 +1007,10 @@ def setup(app: Any) -> dict[str, Any]:
     app.set_html_assets_policy("always")
     app.connect("html-page-context", _dedupe_scripts, priority=900)  # after the handlers that add scripts
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
+
+
+if __name__ == "__main__":  # pragma: no cover - the child process of execute_notebook
+    if len(sys.argv) == 3 and sys.argv[1] == "--papermill":
+        sys.exit(_papermill_child(sys.argv[2]))
+    sys.exit("usage: python -m diffseg_core.book --papermill REQUEST.json (the main job's child; run "
+             "`python -m diffseg_core book` for the main job)")

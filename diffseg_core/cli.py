@@ -103,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="re-execute every notebook (by default one is re-executed only when its inputs changed)")
     b.add_argument("--seed", type=int, default=0, help="the SEED parameter of every notebook")
     b.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    b.add_argument("--jobs", type=int, default=None,
+                   help="chapters executed at once, each kernel with its share of the cores (default: one per "
+                        "core up to 4 on a CPU, memory permitting; 1 on a GPU)")
     return p
 
 
@@ -407,7 +410,8 @@ def cmd_book(args: argparse.Namespace) -> int:
     from .book import run_main_job
 
     return run_main_job(preset=args.preset, data_root=args.data, out=args.out, only=args.only,
-                        build=not args.no_build, timeout=args.timeout, force=args.force, seed=args.seed)
+                        build=not args.no_build, timeout=args.timeout, force=args.force, seed=args.seed,
+                        jobs=args.jobs)
 
 
 def _one_paragraph(exc: BaseException) -> str:

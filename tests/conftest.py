@@ -90,7 +90,8 @@ def smoke_book(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("DIFFSEG_DATA", raising=False)
         mp.setenv("MPLBACKEND", "Agg")
-        status = run_main_job(preset="smoke", data_root="", out=out)
+        # one chapter at a time: the other xdist worker already uses the second core
+        status = run_main_job(preset="smoke", data_root="", out=out, jobs=1)
     return out, status
 
 

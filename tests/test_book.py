@@ -3,8 +3,11 @@ repository address, and the whole job on the smoke preset (papermill, manifest, 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import nbformat
@@ -139,8 +142,9 @@ class FakeExecutor:
         self.fail: set[str] = set()
         self.interrupt: set[str] = set()
 
-    def __call__(self, src, dst, preset, data_root, results_dir, timeout=None, seed=0, heartbeat=None):
+    def __call__(self, src, dst, preset, data_root, results_dir, timeout=None, seed=0, heartbeat=None, threads=None):
         self.calls.append(src.stem)
+        self.threads = threads
         partial = dst.with_name(dst.stem + ".partial.ipynb")
         partial.parent.mkdir(parents=True, exist_ok=True)
         partial.write_text(src.read_text()[:40])  # half a notebook
@@ -154,6 +158,7 @@ class FakeExecutor:
 
 
 def _job(root, out, **kw):
+    kw.setdefault("jobs", 1)
     return run_main_job(preset="smoke", data_root=kw.pop("data_root", ""), out=out, build=False, repo=root, **kw)
 
 
@@ -232,6 +237,63 @@ def test_an_interrupted_or_failed_chapter_is_never_reused(tmp_path, monkeypatch)
     assert _job(root, out) == 0 and fake.calls == ["01_b"]
 
 
+class SlowFake(FakeExecutor):
+    """A stand-in that takes ``seconds[name]`` and records how many chapters ran at once."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds, self.running, self.most, self.lock = seconds, 0, 0, threading.Lock()
+        self.started: list[str] = []
+
+    def __call__(self, src, dst, *args, **kw):
+        with self.lock:
+            self.started.append(src.stem)
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(self.seconds[src.stem])
+        with self.lock:
+            self.running -= 1
+        entry = super().__call__(src, dst, *args, **kw)
+        return {**entry, "seconds": self.seconds[src.stem]}
+
+
+def test_chapters_run_on_lanes_longest_first_and_the_book_keeps_its_order(tmp_path, monkeypatch, capsys):
+    names = ("00_a", "01_b", "02_c", "03_d")
+    root, out = _mini_repo(tmp_path / "repo", names), tmp_path / "out"
+    fake = SlowFake({"00_a": 0.05, "01_b": 0.3, "02_c": 0.1, "03_d": 0.2})
+    monkeypatch.setattr(book, "execute_notebook", fake)
+    assert _job(root, out, jobs=2) == 0
+    assert fake.most == 2, "two chapters ran at once"
+    assert fake.threads == max(1, (os.cpu_count() or 1) // 2), "each kernel gets its share of the cores"
+    first = json.loads((out / "manifest.json").read_text())
+    assert first["jobs"] == 2 and [e["notebook"] for e in first["notebooks"]] == [f"{n}.ipynb" for n in names]
+    assert "on 2 lanes at once" in capsys.readouterr().out
+
+    (root / "diffseg_core" / "core.py").write_text("X = 5\n")  # everything again: now the times are known
+    fake.calls, fake.started, fake.fail = [], [], {"02_c"}
+    assert _job(root, out, jobs=2) == 1, "a failed chapter fails the job"
+    assert fake.started[:2] == ["01_b", "03_d"], "the longest chapters start first"
+    assert sorted(fake.calls) == sorted(names), "a failure in one lane does not stop the others"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [e["status"] for e in manifest["notebooks"]] == ["ok", "ok", "error", "ok"]
+    with pytest.raises(ValueError, match="jobs must be 1 or more"):
+        _job(root, out, jobs=0)
+
+
+def test_auto_jobs_and_the_kernel_environment(tmp_path):
+    assert book.auto_jobs("cpu", cores=2, memory_gb=24) == 2
+    assert book.auto_jobs("cpu", cores=2, memory_gb=8) == 1, "one chapter per 7 GiB"
+    assert book.auto_jobs("cpu", cores=64, memory_gb=512) == 4
+    assert book.auto_jobs("cpu", cores=1, memory_gb=64) == 1
+    assert book.auto_jobs("NVIDIA H200", cores=16, memory_gb=128) == 1, "chapters would share the accelerator"
+    env = book.kernel_environment(tmp_path, threads=3, base={"PATH": "/bin"})
+    assert env["OMP_NUM_THREADS"] == "3" and env["DIFFSEG_RESULTS_DIR"] == str(tmp_path) and env["PATH"] == "/bin"
+    assert env["TQDM_DISABLE"] == "1"
+    assert book.kernel_environment(tmp_path, threads=3, base={"OMP_NUM_THREADS": "7"})["OMP_NUM_THREADS"] == "7", \
+        "a thread count the user set is kept"
+    assert "OMP_NUM_THREADS" not in book.kernel_environment(tmp_path, base={})
+
+
 def test_input_key_covers_its_parts(tmp_path):
     nb = tmp_path / "a.ipynb"
     nb.write_text("{}")
@@ -264,21 +326,25 @@ def test_data_digest_is_about_content_not_names_of_the_copy(tmp_path):
 # One real execution: papermill writes to .partial, renames on success, measures the kernel's memory
 # ---------------------------------------------------------------------------------------------------
 @pytest.mark.notebook
-def test_execute_notebook_writes_partial_then_renames(tmp_path):
+def test_execute_notebook_writes_partial_then_renames(tmp_path, monkeypatch):
     v4 = nbformat.v4
     good = v4.new_notebook(cells=[v4.new_code_cell('PRESET = "x"\nDATA_ROOT = ""\nSEED = 0', metadata={"tags": ["parameters"]}),
-                                  v4.new_code_cell("import os, time\nbuf = bytearray(80 * 2**20)\nprint(os.environ['TQDM_DISABLE'])\n"
+                                  v4.new_code_cell("import os, time\nbuf = bytearray(80 * 2**20)\n"
+                                                  "print(os.environ['TQDM_DISABLE'], os.environ.get('OMP_NUM_THREADS'))\n"
                                                   "time.sleep(1.2)  # > 2 polls of the monitor while the kernel lives")],
                            metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
     bad = copy_with(good, "raise RuntimeError('stop here')")
     nbformat.write(good, tmp_path / "good.ipynb")
     nbformat.write(bad, tmp_path / "bad.ipynb")
-    e = book.execute_notebook(tmp_path / "good.ipynb", tmp_path / "out" / "good.ipynb", "smoke", "", tmp_path / "res")
-    assert e["status"] == "ok" and (tmp_path / "out" / "good.ipynb").is_file()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    e = book.execute_notebook(tmp_path / "good.ipynb", tmp_path / "out" / "good.ipynb", "smoke", "", tmp_path / "res",
+                              threads=3)
+    assert e["status"] == "ok" and (tmp_path / "out" / "good.ipynb").is_file() and e["threads"] == 3
     assert not (tmp_path / "out" / "good.partial.ipynb").exists()
     assert e["peak_rss_mb"] is None or e["peak_rss_mb"] > 80, e  # the kernel's 80 MiB buffer is seen
     out = nbformat.read(tmp_path / "out" / "good.ipynb", as_version=4)
-    assert out.cells[-1].outputs[0]["text"].strip() == "1", "progress bars are disabled in the kernel"
+    assert out.cells[-1].outputs[0]["text"].split() == ["1", "3"], "progress bars off, 3 threads in the kernel"
+    assert not list((tmp_path / "out").glob("*.json")), "the child's request and answer files are removed"
     e = book.execute_notebook(tmp_path / "bad.ipynb", tmp_path / "out" / "bad.ipynb", "smoke", "", tmp_path / "res")
     assert e["status"] == "error" and "stop here" in e["error"]
     assert not (tmp_path / "out" / "bad.ipynb").exists() and (tmp_path / "out" / "bad.partial.ipynb").exists()
