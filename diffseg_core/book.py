@@ -511,12 +511,48 @@ def execute_notebook(src: Path, dst: Path, preset: str, data_root: str, results_
     return entry
 
 
+#: seconds per slice of a kernel-message wait (:func:`sliced_kernel_waits`)
+WAIT_SLICE_S = 1.0
+
+
+def sliced_kernel_waits(slice_s: float = WAIT_SLICE_S) -> None:
+    """Make jupyter_client's asyncio channels wait for kernel messages in ``slice_s``-second slices.
+
+    nbclient (papermill's executor) waits for a cell's reply and outputs with no timeout. pyzmq's asyncio
+    poll with no timeout wakes only on an event of the socket's file descriptor, which signals edges; when a
+    wake-up is missed the message sits in the socket and the chapter waits forever with the kernel idle (seen
+    here at a ``widgets.interact`` cell while another chapter ran beside it; the same hang is reported
+    upstream: nbclient#312, papermill#723, nbconvert#2029). A poll with a timeout ends with a real zmq poll,
+    which finds such a message, so waiting in slices loses at most ``slice_s`` seconds per missed wake-up.
+    Waits with a timeout are unchanged. Applied once per process (in the main job's papermill process)."""
+    from queue import Empty
+
+    from jupyter_client.channels import AsyncZMQSocketChannel
+
+    original = AsyncZMQSocketChannel.get_msg
+    if getattr(original, "sliced", False):
+        return
+
+    async def get_msg(self: Any, timeout: float | None = None) -> dict[str, Any]:
+        if timeout is not None:
+            return await original(self, timeout)
+        while True:
+            try:
+                return await original(self, slice_s)
+            except Empty:
+                continue
+
+    get_msg.sliced = True  # type: ignore[attr-defined]
+    AsyncZMQSocketChannel.get_msg = get_msg  # type: ignore[method-assign]
+
+
 def _papermill_child(request_path: str) -> int:
     """The child process of :func:`execute_notebook`: run papermill as the request file says and write the
     outcome (``status``, and ``error`` with papermill's message naming the cell) to its ``answer`` file."""
     import papermill as pm
 
     req = json.loads(Path(request_path).read_text())
+    sliced_kernel_waits()
     try:
         pm.execute_notebook(req["input"], req["output"], parameters=req["parameters"], cwd=req["cwd"],
                             kernel_name="python3", progress_bar=False, execution_timeout=req["timeout"],

@@ -294,6 +294,34 @@ def test_auto_jobs_and_the_kernel_environment(tmp_path):
     assert "OMP_NUM_THREADS" not in book.kernel_environment(tmp_path, base={})
 
 
+def test_kernel_waits_without_timeout_are_cut_into_slices(monkeypatch):
+    """A wait with no timeout becomes 1-s polls until a message comes (a missed wake-up costs a slice, not the
+    chapter); a wait with a timeout is passed through."""
+    import asyncio
+    from queue import Empty
+
+    from jupyter_client.channels import AsyncZMQSocketChannel
+
+    seen = []
+
+    async def fake_get_msg(self, timeout=None):
+        seen.append(timeout)
+        if timeout is None:
+            raise AssertionError("the sliced wait never waits without a timeout")
+        if len(seen) < 3:
+            raise Empty
+        return {"msg": len(seen)}
+
+    monkeypatch.setattr(AsyncZMQSocketChannel, "get_msg", fake_get_msg)
+    book.sliced_kernel_waits(slice_s=0.25)
+    book.sliced_kernel_waits(slice_s=0.25)  # idempotent: not wrapped twice
+    assert asyncio.run(AsyncZMQSocketChannel.get_msg(None)) == {"msg": 3} and seen == [0.25, 0.25, 0.25]
+    seen.clear()
+    with pytest.raises(Empty):
+        asyncio.run(AsyncZMQSocketChannel.get_msg(None, 5.0))
+    assert seen == [5.0], "a wait with a timeout keeps it (and its Empty)"
+
+
 def test_input_key_covers_its_parts(tmp_path):
     nb = tmp_path / "a.ipynb"
     nb.write_text("{}")
