@@ -244,15 +244,24 @@ class SlowFake(FakeExecutor):
         super().__init__()
         self.seconds, self.running, self.most, self.lock = seconds, 0, 0, threading.Lock()
         self.started: list[str] = []
+        self.active: set[str] = set()
+        self.beside: dict[str, set[str]] = {}   # chapter -> the chapters that ran at some moment beside it
+        self.threads_of: dict[str, int | None] = {}
 
     def __call__(self, src, dst, *args, **kw):
         with self.lock:
             self.started.append(src.stem)
+            self.threads_of[src.stem] = kw.get("threads")
             self.running += 1
             self.most = max(self.most, self.running)
+            self.beside[src.stem] = set(self.active)
+            for other in self.active:
+                self.beside.setdefault(other, set()).add(src.stem)
+            self.active.add(src.stem)
         time.sleep(self.seconds[src.stem])
         with self.lock:
             self.running -= 1
+            self.active.discard(src.stem)
         entry = super().__call__(src, dst, *args, **kw)
         return {**entry, "seconds": self.seconds[src.stem]}
 
@@ -278,6 +287,18 @@ def test_chapters_run_on_lanes_longest_first_and_the_book_keeps_its_order(tmp_pa
     assert [e["status"] for e in manifest["notebooks"]] == ["ok", "ok", "error", "ok"]
     with pytest.raises(ValueError, match="jobs must be 1 or more"):
         _job(root, out, jobs=0)
+
+    # a chapter that measures speed runs with nothing beside it, on every core (no thread cap)
+    nb = nbformat.read(root / "notebooks" / "03_d.ipynb", as_version=4)
+    nb.metadata["diffseg"] = {"runs_alone": True}
+    nbformat.write(nb, root / "notebooks" / "03_d.ipynb")
+    assert book.runs_alone(root / "notebooks" / "03_d.ipynb") and not book.runs_alone(root / "notebooks" / "00_a.ipynb")
+    (root / "diffseg_core" / "core.py").write_text("X = 6\n")
+    fake.fail, fake.started, fake.beside, fake.threads_of = set(), [], {}, {}
+    assert _job(root, out, jobs=2) == 0
+    assert fake.beside["03_d"] == set() and fake.threads_of["03_d"] is None
+    assert fake.started[-1] == "03_d" and fake.beside["01_b"] and fake.threads_of["01_b"] is not None
+    assert re.search(r"03_d +runs alone", capsys.readouterr().out)
 
 
 def test_auto_jobs_and_the_kernel_environment(tmp_path):
