@@ -228,14 +228,25 @@ def _device_kind() -> str:
     return "cpu" if dev.type == "cpu" else describe_device(dev)
 
 
+def _diffseg_metadata(notebook: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads(Path(notebook).read_text()).get("metadata", {}).get("diffseg", {}))
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def seconds_hint(notebook: Path, preset: str) -> float | None:
+    """The seconds a chapter took at ``preset`` on the project's 2-core CPU machine, from the notebook's
+    metadata (``"diffseg": {"seconds": {"cpu": ...}}``): the expected time (and the order of the lanes) of a
+    first run, before this machine has timed the chapter itself. ``None`` when the notebook gives none."""
+    value = _diffseg_metadata(notebook).get("seconds", {}).get(preset)
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
 def runs_alone(notebook: Path) -> bool:
     """True when the notebook's metadata says ``"diffseg": {"runs_alone": true}``: it measures speed (threads,
     processes, seconds per image), so the main job runs it with no other chapter beside it, on every core."""
-    try:
-        meta = json.loads(Path(notebook).read_text()).get("metadata", {})
-    except (OSError, ValueError):
-        return False
-    return bool(meta.get("diffseg", {}).get("runs_alone", False))
+    return bool(_diffseg_metadata(notebook).get("runs_alone", False))
 
 
 def auto_jobs(device_kind: str, cores: int | None = None, memory_gb: float | None = None) -> int:
@@ -898,7 +909,8 @@ def run_main_job(preset: str = "auto", data_root: str = "", out: str | Path = "_
         why = "forced" if force else ("inputs changed: " + ", ".join(
             k for k in parts if (stamp or {}).get("inputs", {}).get(k) != parts[k]) if stamp else "first run")
         to_run.append(dict(page=page, src=src, dst=dst, head=head, key=key, parts=parts, stamp_path=stamp_path,
-                           history=history, expected=history.get(preset), why=why))
+                           history=history, expected=history.get(preset) or seconds_hint(src, preset),
+                           hinted=history.get(preset) is None, why=why))
 
     # Longest first (by the last run at this preset; chapters never timed go first, in book order), on `jobs`
     # lanes at once; each lane's kernel gets its share of the cores.
@@ -912,7 +924,8 @@ def run_main_job(preset: str = "auto", data_root: str = "", out: str | Path = "_
 
     def run_one(r: dict[str, Any], alone: bool = False) -> dict[str, Any]:
         page, expected = r["page"], r["expected"]
-        hint = f"expected ~{_fmt_seconds(expected)}" if expected else "no earlier run at this preset to time it by"
+        hint = (f"expected ~{_fmt_seconds(expected)}{' on a 2-core CPU (notebook metadata)' if r['hinted'] else ''}"
+                if expected else "no earlier run at this preset to time it by")
         print(f"{r['head']} running  ({r['why']}; {hint}) | job {_fmt_seconds(time.time() - t0)}", flush=True)
 
         def beat(elapsed: float, name: str = Path(page).name) -> None:
