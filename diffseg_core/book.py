@@ -11,7 +11,8 @@ manifest, stage the executed copies for a static book and build it.
    otherwise that copy is reused. The job says which it did, chapter by chapter, with the elapsed and the
    expected time. ``force=True`` (``--force``) re-executes every notebook. The chapters to execute run
    ``jobs`` at a time (``--jobs``; default :func:`auto_jobs`: 2 on a 2-core CPU), longest first, each
-   kernel with its share of the cores; the book is still assembled in the order of ``_toc.yml``.
+   kernel with its share of the cores; chapters that measure speed (:func:`runs_alone`) run afterwards,
+   one at a time on every core. The book is still assembled in the order of ``_toc.yml``.
 2. **Crash safety.** papermill writes into ``OUT/executed/NAME.partial.ipynb``; only after the notebook
    finished without error is it renamed to ``NAME.ipynb`` and its stamp (``OUT/state/NAME.json``: key,
    SHA-256 of the executed file, seconds, peak memory, metrics) written, atomically. A job interrupted
@@ -225,6 +226,27 @@ def _device_kind() -> str:
 
     dev = pick_device()
     return "cpu" if dev.type == "cpu" else describe_device(dev)
+
+
+def _diffseg_metadata(notebook: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads(Path(notebook).read_text()).get("metadata", {}).get("diffseg", {}))
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def seconds_hint(notebook: Path, preset: str) -> float | None:
+    """The seconds a chapter took at ``preset`` on the project's 2-core CPU machine, from the notebook's
+    metadata (``"diffseg": {"seconds": {"cpu": ...}}``): the expected time (and the order of the lanes) of a
+    first run, before this machine has timed the chapter itself. ``None`` when the notebook gives none."""
+    value = _diffseg_metadata(notebook).get("seconds", {}).get(preset)
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def runs_alone(notebook: Path) -> bool:
+    """True when the notebook's metadata says ``"diffseg": {"runs_alone": true}``: it measures speed (threads,
+    processes, seconds per image), so the main job runs it with no other chapter beside it, on every core."""
+    return bool(_diffseg_metadata(notebook).get("runs_alone", False))
 
 
 def auto_jobs(device_kind: str, cores: int | None = None, memory_gb: float | None = None) -> int:
@@ -887,7 +909,8 @@ def run_main_job(preset: str = "auto", data_root: str = "", out: str | Path = "_
         why = "forced" if force else ("inputs changed: " + ", ".join(
             k for k in parts if (stamp or {}).get("inputs", {}).get(k) != parts[k]) if stamp else "first run")
         to_run.append(dict(page=page, src=src, dst=dst, head=head, key=key, parts=parts, stamp_path=stamp_path,
-                           history=history, expected=history.get(preset), why=why))
+                           history=history, expected=history.get(preset) or seconds_hint(src, preset),
+                           hinted=history.get(preset) is None, why=why))
 
     # Longest first (by the last run at this preset; chapters never timed go first, in book order), on `jobs`
     # lanes at once; each lane's kernel gets its share of the cores.
@@ -899,9 +922,10 @@ def run_main_job(preset: str = "auto", data_root: str = "", out: str | Path = "_
               f"(--jobs 1: one at a time)", flush=True)
     order = sorted(to_run, key=lambda r: (r["expected"] is not None, -(r["expected"] or 0.0)))
 
-    def run_one(r: dict[str, Any]) -> dict[str, Any]:
+    def run_one(r: dict[str, Any], alone: bool = False) -> dict[str, Any]:
         page, expected = r["page"], r["expected"]
-        hint = f"expected ~{_fmt_seconds(expected)}" if expected else "no earlier run at this preset to time it by"
+        hint = (f"expected ~{_fmt_seconds(expected)}{' on a 2-core CPU (notebook metadata)' if r['hinted'] else ''}"
+                if expected else "no earlier run at this preset to time it by")
         print(f"{r['head']} running  ({r['why']}; {hint}) | job {_fmt_seconds(time.time() - t0)}", flush=True)
 
         def beat(elapsed: float, name: str = Path(page).name) -> None:
@@ -909,7 +933,7 @@ def run_main_job(preset: str = "auto", data_root: str = "", out: str | Path = "_
                   f"{f' of ~{_fmt_seconds(expected)}' if expected else ''}", flush=True)
 
         r["stamp_path"].unlink(missing_ok=True)
-        kw = {"threads": threads} if threads is not None else {}
+        kw = {"threads": threads} if threads is not None and not alone else {}
         entry = execute_notebook(r["src"], r["dst"], preset, data_root, results_dir, timeout, seed=seed,
                                  heartbeat=beat, **kw)
         entry.update(action="executed", key=r["key"])
@@ -938,13 +962,18 @@ def run_main_job(preset: str = "auto", data_root: str = "", out: str | Path = "_
     else:
         from concurrent.futures import ThreadPoolExecutor, as_completed
 
+        shared = [r for r in order if not runs_alone(r["src"])]
         pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="chapter")
         try:
-            futures = {pool.submit(run_one, r): r["page"] for r in order}
+            futures = {pool.submit(run_one, r): r["page"] for r in shared}
             for fut in as_completed(futures):
                 record(futures[fut], fut.result())
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+        for r in order:  # chapters that measure speed on the whole machine: one at a time, every core
+            if runs_alone(r["src"]):
+                print(f"{r['head']} runs alone, on every core (it measures speed)", flush=True)
+                record(r["page"], run_one(r, alone=True))
 
     entries = [by_page[p] for p in notebooks]
     manifest["notebooks"] = entries

@@ -244,15 +244,24 @@ class SlowFake(FakeExecutor):
         super().__init__()
         self.seconds, self.running, self.most, self.lock = seconds, 0, 0, threading.Lock()
         self.started: list[str] = []
+        self.active: set[str] = set()
+        self.beside: dict[str, set[str]] = {}   # chapter -> the chapters that ran at some moment beside it
+        self.threads_of: dict[str, int | None] = {}
 
     def __call__(self, src, dst, *args, **kw):
         with self.lock:
             self.started.append(src.stem)
+            self.threads_of[src.stem] = kw.get("threads")
             self.running += 1
             self.most = max(self.most, self.running)
+            self.beside[src.stem] = set(self.active)
+            for other in self.active:
+                self.beside.setdefault(other, set()).add(src.stem)
+            self.active.add(src.stem)
         time.sleep(self.seconds[src.stem])
         with self.lock:
             self.running -= 1
+            self.active.discard(src.stem)
         entry = super().__call__(src, dst, *args, **kw)
         return {**entry, "seconds": self.seconds[src.stem]}
 
@@ -262,22 +271,41 @@ def test_chapters_run_on_lanes_longest_first_and_the_book_keeps_its_order(tmp_pa
     root, out = _mini_repo(tmp_path / "repo", names), tmp_path / "out"
     fake = SlowFake({"00_a": 0.05, "01_b": 0.3, "02_c": 0.1, "03_d": 0.2})
     monkeypatch.setattr(book, "execute_notebook", fake)
+    for name, seconds in (("00_a", 5), ("01_b", 20), ("02_c", 60), ("03_d", 10)):  # hints: the 2-core CPU figures
+        nb = nbformat.read(root / "notebooks" / f"{name}.ipynb", as_version=4)
+        nb.metadata["diffseg"] = {"seconds": {"smoke": seconds}}
+        nbformat.write(nb, root / "notebooks" / f"{name}.ipynb")
+    assert book.seconds_hint(root / "notebooks" / "02_c.ipynb", "smoke") == 60.0
+    assert book.seconds_hint(root / "notebooks" / "02_c.ipynb", "gpu") is None
     assert _job(root, out, jobs=2) == 0
+    assert set(fake.started[:2]) == {"02_c", "01_b"}, "a first run is ordered by the notebooks' hints"
+    assert re.search(r"02_c +running .*expected ~1 min 00 s on a 2-core CPU", capsys.readouterr().out)
     assert fake.most == 2, "two chapters ran at once"
     assert fake.threads == max(1, (os.cpu_count() or 1) // 2), "each kernel gets its share of the cores"
     first = json.loads((out / "manifest.json").read_text())
     assert first["jobs"] == 2 and [e["notebook"] for e in first["notebooks"]] == [f"{n}.ipynb" for n in names]
-    assert "on 2 lanes at once" in capsys.readouterr().out
 
     (root / "diffseg_core" / "core.py").write_text("X = 5\n")  # everything again: now the times are known
     fake.calls, fake.started, fake.fail = [], [], {"02_c"}
     assert _job(root, out, jobs=2) == 1, "a failed chapter fails the job"
-    assert fake.started[:2] == ["01_b", "03_d"], "the longest chapters start first"
+    assert set(fake.started[:2]) == {"01_b", "03_d"}, "the longest chapters (by the last run) start first"
     assert sorted(fake.calls) == sorted(names), "a failure in one lane does not stop the others"
     manifest = json.loads((out / "manifest.json").read_text())
     assert [e["status"] for e in manifest["notebooks"]] == ["ok", "ok", "error", "ok"]
     with pytest.raises(ValueError, match="jobs must be 1 or more"):
         _job(root, out, jobs=0)
+
+    # a chapter that measures speed runs with nothing beside it, on every core (no thread cap)
+    nb = nbformat.read(root / "notebooks" / "03_d.ipynb", as_version=4)
+    nb.metadata["diffseg"] = {"runs_alone": True}
+    nbformat.write(nb, root / "notebooks" / "03_d.ipynb")
+    assert book.runs_alone(root / "notebooks" / "03_d.ipynb") and not book.runs_alone(root / "notebooks" / "00_a.ipynb")
+    (root / "diffseg_core" / "core.py").write_text("X = 6\n")
+    fake.fail, fake.started, fake.beside, fake.threads_of = set(), [], {}, {}
+    assert _job(root, out, jobs=2) == 0
+    assert fake.beside["03_d"] == set() and fake.threads_of["03_d"] is None
+    assert fake.started[-1] == "03_d" and fake.beside["01_b"] and fake.threads_of["01_b"] is not None
+    assert re.search(r"03_d +runs alone", capsys.readouterr().out)
 
 
 def test_auto_jobs_and_the_kernel_environment(tmp_path):
