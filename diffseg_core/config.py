@@ -193,13 +193,15 @@ DATA_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "gpu": dict(working_size=256, crop=256, batch_size=8),
         "paper": dict(working_size=256, crop=256, batch_size=3),
     },
-    # Hippocampus: no augmentation, as the official pipeline; flips and 90-degree rotations of an axial slice would
-    # move the anterior part (larger index on the second axis in every stored volume) to the posterior side.
+    # Hippocampus: small rotations and zooms ("affine"), no flips: flips and 90-degree rotations of an axial slice
+    # would move the anterior part (larger index on the second axis in every stored volume) to the posterior side.
+    # The official pipeline has no augmentation ("paper" keeps none); on the 26 training volumes of a small subset
+    # "affine" raised the validation Dice (the book's decisions page, "Hippocampus augmentation").
     "hippocampus": {
         "smoke": dict(working_size=None, crop=32, batch_size=8, hippocampus_max_volumes=4, max_eval_cases=40,
-                      augment=False),
-        "cpu": dict(working_size=None, crop=32, batch_size=32, augment=False),
-        "gpu": dict(working_size=None, crop=32, batch_size=64, augment=False),
+                      augment="affine"),
+        "cpu": dict(working_size=None, crop=32, batch_size=32, augment="affine"),
+        "gpu": dict(working_size=None, crop=32, batch_size=64, augment="affine"),
         "paper": dict(working_size=None, crop=32, batch_size=128, overlap=0.75, augment=False),
     },
     "qata": {

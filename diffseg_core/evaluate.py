@@ -199,6 +199,8 @@ def describe_protocol(cfg, split: str, n_images: int, checkpoint: str, volumes: 
     augment = getattr(cfg.data, "augment", None)
     trained = (f"trained with augmentation '{augment}' ({AUGMENT_POLICIES.get(augment, augment)}); "
                if augment is not None else "")
+    if dict(cfg.model).get("spatial_dims") == 3:  # 3-D patches (data.volumes.volume_batches) are not augmented
+        trained = "trained on 3-D patches without augmentation (as the official pipeline); "
     if cfg.method == "textdiff" and dict(cfg.model).get("augment"):  # TextDiff augments its cached features itself
         trained = ("trained with random 90-degree rotations and flips (p 0.5) of the cached features and labels "
                    "(TextDiff's own augmentation); ")

@@ -42,7 +42,9 @@ def test_official_policy_per_dataset():
     assert resolve_augment("basic", "cxr") == "basic" and resolve_augment(False, "cxr") == "none"
     for preset in ("smoke", "cpu", "gpu", "paper"):
         for dataset, policy in OFFICIAL_AUGMENT.items():
-            assert data_config(dataset, preset).augment == policy
+            # the one deviation: Hippocampus slices get rotations and zooms below "paper" (decisions page)
+            expected = "affine" if dataset == "hippocampus" and preset != "paper" else policy
+            assert data_config(dataset, preset).augment == expected, (dataset, preset)
     assert get_config("cdal", "cxr", "cpu").data.augment == "affine"
     assert get_config("unet", "monuseg", "cpu").data.augment == "flip-affine-jitter"
     # a run config always names the concrete policy, also after an override back to "official"
@@ -163,6 +165,20 @@ def test_protocol_sentence_names_the_augmentation():
     assert "augmentation 'affine'" in sentence and AUGMENT_POLICIES["affine"] in sentence
     cfg = override(cfg, **{"data.augment": "none"})
     assert "augmentation 'none'" in describe_protocol(cfg, "test", 3, "best.pt")
+
+
+def test_hippocampus_slices_get_rotations_and_zooms_except_at_paper_and_3d_runs_say_none():
+    """The slice-wise models train with 'affine' at smoke/cpu/gpu (no flips: they would swap anterior and posterior)
+    and with no augmentation at paper, as the official pipeline; a 3-D run's sentence says its patches are not
+    augmented, whatever the data settings hold."""
+    for preset in ("smoke", "cpu", "gpu"):
+        assert get_config("cdal", "hippocampus", preset).data.augment == "affine", preset
+    assert get_config("cdal", "hippocampus", "paper").data.augment == "none"
+    cfg = get_config("cdal", "hippocampus", "cpu")
+    assert "augmentation 'affine'" in describe_protocol(cfg, "test", 3, "best.pt", volumes=True)
+    cfg3 = override(cfg, **{"model.spatial_dims": 3})
+    sentence = describe_protocol(cfg3, "test", 3, "best.pt", volumes=True)
+    assert "3-D patches without augmentation" in sentence and "'affine'" not in sentence
 
 
 def test_cli_augment_flag_reaches_the_run_and_its_protocol(tmp_path):

@@ -171,12 +171,18 @@ def test_real_hippocampus_3d_cli_and_nifti(tmp_path):
         assert set(np.unique(np.asarray(back.dataobj))) <= {0, 1, 2}
 
 
-def test_hippocampus_presets_do_not_augment():
-    """The official Hippocampus pipeline has no augmentation, and flips / 90-degree rotations of an axial slice
-    would move the anterior label to the posterior side (see the real-data check below)."""
-    from diffseg_core.config import PRESETS, data_config
+def test_hippocampus_presets_never_flip():
+    """Flips and 90-degree rotations of an axial slice would move the anterior label to the posterior side (see
+    the real-data check below): the presets use rotations of at most 22 degrees and zooms ("affine"), and "paper"
+    none at all, as the official pipeline (the decisions page, "Hippocampus augmentation")."""
+    from monai.transforms import RandFlipd, RandRotate90d
 
-    assert all(data_config("hippocampus", p).augment == "none" for p in PRESETS)
+    from diffseg_core.config import PRESETS, data_config
+    from diffseg_core.data.batches import augmentation
+
+    assert {p: data_config("hippocampus", p).augment for p in PRESETS} == {
+        "smoke": "affine", "cpu": "affine", "gpu": "affine", "paper": "none"}
+    assert not [t for t in augmentation("affine", 1) if isinstance(t, (RandFlipd, RandRotate90d))]
 
 
 @pytest.mark.realdata

@@ -12,7 +12,8 @@ dictionary transforms, as the official Hippocampus pipeline draws its 32^3 crops
    inference pads the same way);
 2. ``RandCropByPosNegLabeld`` centred on a foreground voxel with probability ``pos_fraction`` (0.5: the
    official 50/50 positive/negative sampling), else on a background voxel;
-3. no other augmentation (the official Hippocampus pipeline has none).
+3. no other augmentation (the official Hippocampus pipeline has none; the data settings' ``augment`` applies to
+   the 2-D slices of the slice-wise models only, and the protocol sentence of a 3-D run says so).
 
 Volumes are drawn uniformly with replacement by a seeded generator (one patch each; the official loader takes
 4 patches of one volume per batch), and the transforms are seeded from the same seed, so the stream is
