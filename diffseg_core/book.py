@@ -910,7 +910,7 @@ def run_main_job(preset: str = "auto", data_root: str = "", out: str | Path = "_
             k for k in parts if (stamp or {}).get("inputs", {}).get(k) != parts[k]) if stamp else "first run")
         to_run.append(dict(page=page, src=src, dst=dst, head=head, key=key, parts=parts, stamp_path=stamp_path,
                            history=history, expected=history.get(preset) or seconds_hint(src, preset),
-                           hinted=history.get(preset) is None, why=why))
+                           hinted=history.get(preset) is None, alone=runs_alone(src), why=why))
 
     # Longest first (by the last run at this preset; chapters never timed go first, in book order), on `jobs`
     # lanes at once; each lane's kernel gets its share of the cores.
@@ -962,7 +962,7 @@ def run_main_job(preset: str = "auto", data_root: str = "", out: str | Path = "_
     else:
         from concurrent.futures import ThreadPoolExecutor, as_completed
 
-        shared = [r for r in order if not runs_alone(r["src"])]
+        shared = [r for r in order if not r["alone"]]
         pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="chapter")
         try:
             futures = {pool.submit(run_one, r): r["page"] for r in shared}
@@ -971,7 +971,7 @@ def run_main_job(preset: str = "auto", data_root: str = "", out: str | Path = "_
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         for r in order:  # chapters that measure speed on the whole machine: one at a time, every core
-            if runs_alone(r["src"]):
+            if r["alone"]:
                 print(f"{r['head']} runs alone, on every core (it measures speed)", flush=True)
                 record(r["page"], run_one(r, alone=True))
 
