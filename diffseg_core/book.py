@@ -276,8 +276,7 @@ def auto_jobs(device_kind: str, cores: int | None = None, memory_gb: float | Non
 # Peak memory of the kernel (and anything it starts)
 # ---------------------------------------------------------------------------------------------------
 class MemoryMonitor:
-    """Polls the descendants of this process (or process ``root`` and its descendants) and keeps the peak
-    resident memory they reach, in MiB.
+    """Polls process ``root`` and its descendants and keeps the peak resident memory they reach, in MiB.
 
     On Linux each process's own high-water mark (``VmHWM``) is read, so short peaks between two polls are
     not lost; the sum of the current resident sizes of all descendants is also tracked, and the larger of
@@ -286,10 +285,10 @@ class MemoryMonitor:
     (chapters run for many seconds; only a notebook shorter than a poll is affected).
     """
 
-    def __init__(self, interval: float = 0.5, heartbeat: Callable[[float], None] | None = None,
-                 heartbeat_every: float = 60.0, root: int | None = None) -> None:
+    def __init__(self, root: int, interval: float = 0.5, heartbeat: Callable[[float], None] | None = None,
+                 heartbeat_every: float = 60.0) -> None:
         self.interval, self.heartbeat, self.heartbeat_every = interval, heartbeat, heartbeat_every
-        self.root = root  # watch this process and its descendants (None: the descendants of this process)
+        self.root = root
         self.peak_mb = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -320,11 +319,8 @@ class MemoryMonitor:
         except ImportError:  # pragma: no cover - psutil comes with ipykernel
             return
         try:
-            if self.root is None:
-                children = psutil.Process().children(recursive=True)
-            else:
-                top = psutil.Process(self.root)
-                children = [top, *top.children(recursive=True)]
+            top = psutil.Process(self.root)
+            children = [top, *top.children(recursive=True)]
         except psutil.Error:
             return
         total = 0.0
@@ -505,7 +501,7 @@ def execute_notebook(src: Path, dst: Path, preset: str, data_root: str, results_
     proc = subprocess.Popen([sys.executable, "-m", "diffseg_core.book", "--papermill", str(request)],
                             env=kernel_environment(results_dir, threads), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    monitor = MemoryMonitor(heartbeat=heartbeat, root=proc.pid)
+    monitor = MemoryMonitor(proc.pid, heartbeat=heartbeat)
     try:
         with monitor:
             _, err = proc.communicate()
@@ -873,12 +869,11 @@ def run_main_job(preset: str = "auto", data_root: str = "", out: str | Path = "_
     data = data_digest(data_root)
     print(f"main job: preset={preset}, device={device}, data={data_root or '(synthetic default)'}, seed={seed}, "
           f"{len(notebooks)} notebooks -> {out}{' (--force: every notebook is executed)' if force else ''}", flush=True)
-    entries: list[dict[str, Any]] = []
     manifest: dict[str, Any] = {
         "git_sha": _git_sha(repo), "preset": preset, "data_root": data_root or None, "data_digest": data,
         "seed": seed, "device": device, "platform": platform.platform(), "versions": versions,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0)), "force": force,
-        "memory_budget_mb": MEMORY_BUDGET_MB, "notebooks": entries,
+        "memory_budget_mb": MEMORY_BUDGET_MB, "notebooks": [],
     }
     keep = stage_sources(repo, src_root, pages)
     by_page: dict[str, dict[str, Any]] = {}
@@ -922,7 +917,7 @@ def run_main_job(preset: str = "auto", data_root: str = "", out: str | Path = "_
               f"(--jobs 1: one at a time)", flush=True)
     order = sorted(to_run, key=lambda r: (r["expected"] is not None, -(r["expected"] or 0.0)))
 
-    def run_one(r: dict[str, Any], alone: bool = False) -> dict[str, Any]:
+    def run_one(r: dict[str, Any]) -> dict[str, Any]:
         page, expected = r["page"], r["expected"]
         hint = (f"expected ~{_fmt_seconds(expected)}{' on a 2-core CPU (notebook metadata)' if r['hinted'] else ''}"
                 if expected else "no earlier run at this preset to time it by")
@@ -933,7 +928,7 @@ def run_main_job(preset: str = "auto", data_root: str = "", out: str | Path = "_
                   f"{f' of ~{_fmt_seconds(expected)}' if expected else ''}", flush=True)
 
         r["stamp_path"].unlink(missing_ok=True)
-        kw = {"threads": threads} if threads is not None and not alone else {}
+        kw = {"threads": threads} if threads is not None and not r["alone"] else {}
         entry = execute_notebook(r["src"], r["dst"], preset, data_root, results_dir, timeout, seed=seed,
                                  heartbeat=beat, **kw)
         entry.update(action="executed", key=r["key"])
@@ -973,7 +968,7 @@ def run_main_job(preset: str = "auto", data_root: str = "", out: str | Path = "_
         for r in order:  # chapters that measure speed on the whole machine: one at a time, every core
             if r["alone"]:
                 print(f"{r['head']} runs alone, on every core (it measures speed)", flush=True)
-                record(r["page"], run_one(r, alone=True))
+                record(r["page"], run_one(r))
 
     entries = [by_page[p] for p in notebooks]
     manifest["notebooks"] = entries
