@@ -320,6 +320,12 @@ def test_auto_jobs_and_the_kernel_environment(tmp_path):
     assert book.kernel_environment(tmp_path, threads=3, base={"OMP_NUM_THREADS": "7"})["OMP_NUM_THREADS"] == "7", \
         "a thread count the user set is kept"
     assert "OMP_NUM_THREADS" not in book.kernel_environment(tmp_path, base={})
+    from diffseg_core.textdiff.pretrain import CACHE_ENV
+    assert book.CACHE_ENV == CACHE_ENV
+    assert book.kernel_environment(tmp_path, base={}, cache_dir=tmp_path / "c")[CACHE_ENV] == str(tmp_path / "c")
+    assert book.kernel_environment(tmp_path, base={CACHE_ENV: "/mine"}, cache_dir=tmp_path)[CACHE_ENV] == "/mine", \
+        "the user's own cache folder wins"
+    assert CACHE_ENV not in book.kernel_environment(tmp_path, base={})
 
 
 def test_kernel_waits_without_timeout_are_cut_into_slices(monkeypatch):
