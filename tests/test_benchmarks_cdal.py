@@ -39,3 +39,5 @@ def test_inference_benchmark_tiny_mode():
     assert "baseline (first implementation)" in out and "peak RSS" in out
     d = re.search(r"Dice ([0-9.]+) vs ([0-9.]+) \(\|diff\| ([0-9.]+)\)", out)
     assert d and float(d.group(3)) <= 0.002, out          # fp32: the same predictions up to float rounding
+    b = re.search(r"convolutions ([0-9.]+) s \(([0-9]+)%\), the rest ([0-9.]+) s", out)
+    assert b and float(b.group(1)) > 0 and 0 < int(b.group(2)) <= 100, out   # the breakdown (a lower bound)
