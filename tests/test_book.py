@@ -142,9 +142,11 @@ class FakeExecutor:
         self.fail: set[str] = set()
         self.interrupt: set[str] = set()
 
-    def __call__(self, src, dst, preset, data_root, results_dir, timeout=None, seed=0, heartbeat=None, threads=None):
+    def __call__(self, src, dst, preset, data_root, results_dir, timeout=None, seed=0, heartbeat=None, threads=None,
+                 cache_dir=None):
         self.calls.append(src.stem)
         self.threads = threads
+        assert cache_dir == results_dir.parent / "cache", "every chapter gets the job's shared cache folder"
         partial = dst.with_name(dst.stem + ".partial.ipynb")
         partial.parent.mkdir(parents=True, exist_ok=True)
         partial.write_text(src.read_text()[:40])  # half a notebook
