@@ -151,6 +151,11 @@ def test_pretrain_shares_backbones_through_the_cache_folder(tmp_path, capsys, mo
         assert torch.equal(a, b), k
     _, other = pretrain_ddpm(images, "smoke", **{**kw, "seed": 1})            # other inputs: trained, cached beside
     assert other != losses and len(list(cached.parent.glob("*.pt"))) == 2
+    cached.write_bytes(b"not a checkpoint")                                     # e.g. a disk that filled up
+    capsys.readouterr()
+    _, again = pretrain_ddpm(images, "smoke", **kw)
+    assert "ignoring the shared cache file" in capsys.readouterr().out and again == losses, "retrained, not stopped"
+    assert load_checkpoint(cached)["cache_key"] == cached.stem, "and the cache file repaired"
     monkeypatch.delenv(CACHE_ENV)
     assert shared_cache_dir() is None
 

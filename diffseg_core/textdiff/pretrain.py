@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..device import pick_device
 from ..schedule import ddpm_linear_schedule, q_sample
 from .backbone import BACKBONE_FILE, CHECKPOINT_FORMAT, backbone_arch, build_from_arch, freeze, jsonable_arch
@@ -85,11 +85,19 @@ def shared_cache_dir(cache_dir: str | Path | None = None) -> Path | None:
     return Path(root) / "backbones" if root else None
 
 
-def _cached_backbone(path: Path, key: str) -> dict[str, Any] | None:
-    """The checkpoint at ``path`` when it holds the backbone of ``key``; ``None`` when absent or for other inputs."""
+def _cached_backbone(path: Path, key: str, shared: bool = False) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` when it holds the backbone of ``key``; ``None`` when absent or for other inputs.
+    An unreadable file in the shared folder is a miss (it is said, and a new backbone replaces it); in a run
+    folder it is an error, as for every checkpoint there."""
     if not path.is_file():
         return None
-    ckpt = load_checkpoint(path)
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as exc:
+        if not shared:
+            raise
+        print(f"backbone: ignoring the shared cache file: {exc}; training a new one")
+        return None
     return ckpt if isinstance(ckpt, dict) and ckpt.get("cache_key") == key else None
 
 
@@ -141,7 +149,7 @@ def pretrain_ddpm(images: torch.Tensor, preset: str, steps: int | None = None, r
     shared_dir = shared_cache_dir(cache_dir)
     shared = shared_dir / f"{key}.pt" if shared_dir is not None else None
     for where in (path, shared):
-        ckpt = _cached_backbone(where, key) if where is not None else None
+        ckpt = _cached_backbone(where, key, shared=where == shared) if where is not None else None
         if ckpt is None:
             continue
         unet = build_from_arch(arch, in_channels)
