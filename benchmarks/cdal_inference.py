@@ -36,6 +36,7 @@ import resource
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -222,7 +223,40 @@ def bench_device(args, device: torch.device) -> list[dict[str, Any]]:
           f"peak RSS {peak_rss_mb():.0f} MiB" + (f", peak accelerator memory {peak_acc:.0f} MiB" if device.type != "cpu" else ""))
     for r in rows:
         r.update(device=device.type, peak_rss_mb=peak_rss_mb(), peak_accel_mb=peak_acc)
+    if device.type == "cpu" and (args.breakdown or args.tiny):
+        breakdown(method, cases, device)
     return rows
+
+
+def breakdown(method, cases, device: torch.device) -> dict[str, float]:
+    """Where the default plan's time goes on a CPU: one image through ``predict_case`` under ``torch.profiler`` on
+    one thread (one worker), split into convolutions and everything else (normalisation, element-wise steps,
+    attention, Python). The convolutions alone bound the speed from below: on ``c`` cores, with every core busy
+    and nothing else left, an image still takes (convolution seconds) / c."""
+    from torch.profiler import ProfilerActivity, profile
+
+    method.plan = replace(default_plan(device), workers=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        predict_case(method, cases[0])                                   # warm-up
+        t0 = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            predict_case(method, cases[0])
+        wall = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
+        method.plan = default_plan(device)
+    ops = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    total = sum(e.self_cpu_time_total for e in ops) / 1e6
+    conv = sum(e.self_cpu_time_total for e in ops if "convolution" in e.key) / 1e6
+    cores = max(1, threads)
+    print(f"\n== where the time goes (default plan, 1 thread, 1 image, torch.profiler): {wall:.2f} s per image, "
+          f"of which in PyTorch operations {total:.2f} s: convolutions {conv:.2f} s ({conv / total:.0%}), "
+          f"the rest {total - conv:.2f} s")
+    print(f"   convolutions alone on {cores} core(s): >= {conv / cores:.2f} s per image even if everything else "
+          f"took no time; the rest at today's cost adds {(total - conv) / cores:.2f} s")
+    return {"one_thread_s": wall, "ops_s": total, "conv_s": conv, "cores": cores}
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -239,6 +273,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--plans", choices=["all", "default"], default="all",
                    help="'all' (default): the default plan and the alternatives; 'default': the default plan only")
     p.add_argument("--tiny", action="store_true", help="smoke preset, 1 image, default plan only")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also profile one image on one thread: seconds in convolutions (a lower bound) and the rest")
     args = p.parse_args(argv)
     if args.tiny:
         args.preset, args.images, args.repeats, args.run, args.data = "smoke", 1, 1, None, None

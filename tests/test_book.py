@@ -142,9 +142,11 @@ class FakeExecutor:
         self.fail: set[str] = set()
         self.interrupt: set[str] = set()
 
-    def __call__(self, src, dst, preset, data_root, results_dir, timeout=None, seed=0, heartbeat=None, threads=None):
+    def __call__(self, src, dst, preset, data_root, results_dir, timeout=None, seed=0, heartbeat=None, threads=None,
+                 cache_dir=None):
         self.calls.append(src.stem)
         self.threads = threads
+        assert cache_dir == results_dir.parent / "cache", "every chapter gets the job's shared cache folder"
         partial = dst.with_name(dst.stem + ".partial.ipynb")
         partial.parent.mkdir(parents=True, exist_ok=True)
         partial.write_text(src.read_text()[:40])  # half a notebook
@@ -320,6 +322,12 @@ def test_auto_jobs_and_the_kernel_environment(tmp_path):
     assert book.kernel_environment(tmp_path, threads=3, base={"OMP_NUM_THREADS": "7"})["OMP_NUM_THREADS"] == "7", \
         "a thread count the user set is kept"
     assert "OMP_NUM_THREADS" not in book.kernel_environment(tmp_path, base={})
+    from diffseg_core.textdiff.pretrain import CACHE_ENV
+    assert book.CACHE_ENV == CACHE_ENV
+    assert book.kernel_environment(tmp_path, base={}, cache_dir=tmp_path / "c")[CACHE_ENV] == str(tmp_path / "c")
+    assert book.kernel_environment(tmp_path, base={CACHE_ENV: "/mine"}, cache_dir=tmp_path)[CACHE_ENV] == "/mine", \
+        "the user's own cache folder wins"
+    assert CACHE_ENV not in book.kernel_environment(tmp_path, base={})
 
 
 def test_kernel_waits_without_timeout_are_cut_into_slices(monkeypatch):

@@ -129,6 +129,37 @@ def test_pretrain_caches_and_reuses_checkpoint(tmp_path, capsys):
         pretrain_ddpm(images * 3, "smoke", steps=1)
 
 
+def test_pretrain_shares_backbones_through_the_cache_folder(tmp_path, capsys, monkeypatch):
+    """Chapters 10-12 pre-train the same backbone: with a shared folder (``DIFFSEG_CACHE``, set by the main job) the
+    second call loads the first's weights, copies them into its own run folder, and says so."""
+    from diffseg_core.checkpoint import load_checkpoint
+    from diffseg_core.textdiff.pretrain import CACHE_ENV, shared_cache_dir
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "shared"))
+    assert shared_cache_dir() == tmp_path / "shared" / "backbones"
+    assert shared_cache_dir(tmp_path / "x") == tmp_path / "x" / "backbones", "an explicit folder wins"
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    kw = dict(steps=3, seed=0, progress=False, device=torch.device("cpu"))
+    first, losses = pretrain_ddpm(images, "smoke", **kw)                       # no run folder: the shared one only
+    [cached] = list((tmp_path / "shared" / "backbones").glob("*.pt"))
+    assert cached.stem == load_checkpoint(cached)["cache_key"]
+    capsys.readouterr()
+    second, losses2 = pretrain_ddpm(images.clone(), "smoke", run_dir=tmp_path / "run", **kw)
+    assert f"reusing the cached {cached}" in capsys.readouterr().out and losses2 == losses
+    assert load_checkpoint(tmp_path / "run" / "backbone.pt")["cache_key"] == cached.stem, "the run folder stays whole"
+    for (k, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert torch.equal(a, b), k
+    _, other = pretrain_ddpm(images, "smoke", **{**kw, "seed": 1})            # other inputs: trained, cached beside
+    assert other != losses and len(list(cached.parent.glob("*.pt"))) == 2
+    cached.write_bytes(b"not a checkpoint")                                     # e.g. a disk that filled up
+    capsys.readouterr()
+    _, again = pretrain_ddpm(images, "smoke", **kw)
+    assert "ignoring the shared cache file" in capsys.readouterr().out and again == losses, "retrained, not stopped"
+    assert load_checkpoint(cached)["cache_key"] == cached.stem, "and the cache file repaired"
+    monkeypatch.delenv(CACHE_ENV)
+    assert shared_cache_dir() is None
+
+
 @pytest.mark.parametrize("change,why", [
     (dict(images=torch.rand(3, 3, 32, 32)), "training images"),   # another dataset (or other images of it)
     (dict(seed=1), "seed"),

@@ -196,7 +196,11 @@ class SelfAttention(nn.Module):
     """Single-head spatial self-attention (``AttnBlockpp``): (B, C, *S) -> (B, C, *S), (x + h)/sqrt(2).
 
     GroupNorm, 1x1 projections q, k, v, softmax(q^T k / sqrt(C)) over all N = prod(S) positions (pixels, or
-    voxels in 3-D), output projection ~0.
+    voxels in 3-D), output projection ~0. The attention itself is PyTorch's fused
+    ``F.scaled_dot_product_attention`` (one head of width C; its default scale is 1/sqrt(C)): the same numbers up
+    to float rounding as forming the (B, N, N) matrix, without holding it. That matters in 3-D, where the middle
+    level of a 32^3 patch has N = 4,096 voxels: 8 patches took 0.82 s on one thread with the explicit matrix and
+    0.12 s fused (``SelfAttention`` at smoke size; 256 positions in 2-D: 4.7 ms against 1.7 ms).
     """
 
     def __init__(self, channels: int, spatial_dims: int = 2) -> None:
@@ -208,9 +212,10 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
         h = self.norm(x)
-        q, k, v = (m(h).reshape(b, c, -1) for m in (self.q, self.k, self.v))
-        attn = torch.softmax(torch.einsum("bci,bcj->bij", q, k) * c**-0.5, dim=-1)   # (B, N, N)
-        h = torch.einsum("bij,bcj->bci", attn, v).reshape(x.shape)
+        # q, k, v as (B, 1, N, C): one head over the N positions, channels last (what the fused kernel wants)
+        q, k, v = (m(h).reshape(b, c, -1).transpose(1, 2).unsqueeze(1).contiguous() for m in (self.q, self.k, self.v))
+        h = F.scaled_dot_product_attention(q, k, v)                     # softmax(q k^T / sqrt(C)) v: (B, 1, N, C)
+        h = h[:, 0].transpose(1, 2).reshape(x.shape)                     # back to (B, C, *S)
         return (x + self.out(h)) / math.sqrt(2.0)
 
 

@@ -28,7 +28,7 @@ self-attention levels (fixed at construction, :func:`attention_extent`; every pr
 one) attend over every position of the input, and every GroupNorm normalises over it. A 512-px image passed
 whole would therefore be normalised and attended over 64 times more positions than the 64-px crops the
 ``cpu`` network was trained on (the middle attention of the ``cpu`` preset: 16 x 16 = 256 positions per tile,
-128 x 128 = 16,384 for the whole image, with a 16,384^2 attention matrix per chain). That changes the
+128 x 128 = 16,384 for the whole image, 16,384^2 attention scores per chain). That changes the
 prediction (not only at tile borders) and costs more, not less: the convolutions cost the same per pixel
 either way, the attention grows with the square of the positions. So cDAL predicts tile by tile, as it was
 trained and as the official code tiles MoNuSeg (book/decisions.md, D20), and gets its speed from batching

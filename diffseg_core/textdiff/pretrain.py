@@ -7,11 +7,18 @@ the 1000-step linear schedule of ADM
 set by the preset (:data:`DDPM_TRAINING`). This is a second, small training loop on purpose: it trains a
 network that the method then freezes, and it has none of the segmentation loop's concerns (labels,
 validation, model selection).
+
+Pre-training is the slowest part of a TextDiff chapter at the ``cpu`` preset, and chapters 10, 11 and 12 pre-train
+the same backbone (same images, settings and seed). A backbone is therefore cached under a key of everything that
+determines its weights (:func:`backbone_cache_key`): in the run folder, and in a shared folder when one is given
+(``cache_dir``, or the ``DIFFSEG_CACHE`` environment variable, which the main job sets for its chapters; see the
+book's reproducing page). A cached backbone is the one the same call would train.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,12 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..device import pick_device
 from ..schedule import ddpm_linear_schedule, q_sample
 from .backbone import BACKBONE_FILE, CHECKPOINT_FORMAT, backbone_arch, build_from_arch, freeze, jsonable_arch
 
-__all__ = ["DDPM_TRAINING", "pretrain_ddpm", "backbone_cache_key"]
+__all__ = ["DDPM_TRAINING", "CACHE_ENV", "pretrain_ddpm", "backbone_cache_key", "shared_cache_dir"]
+
+#: environment variable naming a folder shared between runs for artefacts keyed by their inputs
+#: (pre-trained backbones in ``<folder>/backbones/<key>.pt``); unset: nothing is shared
+CACHE_ENV = "DIFFSEG_CACHE"
 
 #: DDPM pre-training per preset: optimiser steps, batch size, crop size (px), learning rate.
 DDPM_TRAINING: dict[str, dict[str, Any]] = {
@@ -68,6 +79,28 @@ def backbone_cache_key(images: torch.Tensor, arch: dict[str, Any], settings: dic
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest(), fields
 
 
+def shared_cache_dir(cache_dir: str | Path | None = None) -> Path | None:
+    """The shared backbone folder: ``cache_dir/backbones``, else ``$DIFFSEG_CACHE/backbones``, else ``None``."""
+    root = cache_dir if cache_dir is not None else os.environ.get(CACHE_ENV) or None
+    return Path(root) / "backbones" if root else None
+
+
+def _cached_backbone(path: Path, key: str, shared: bool = False) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` when it holds the backbone of ``key``; ``None`` when absent or for other inputs.
+    An unreadable file in the shared folder is a miss (it is said, and a new backbone replaces it); in a run
+    folder it is an error, as for every checkpoint there."""
+    if not path.is_file():
+        return None
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as exc:
+        if not shared:
+            raise
+        print(f"backbone: ignoring the shared cache file: {exc}; training a new one")
+        return None
+    return ckpt if isinstance(ckpt, dict) and ckpt.get("cache_key") == key else None
+
+
 def _key_differences(have: dict[str, Any], want: dict[str, Any]) -> str:
     names = {"images": "training images", "seed": "seed", "arch": "architecture", "in_channels": "input channels",
              "settings": "DDPM settings", "format": "checkpoint format"}
@@ -77,7 +110,8 @@ def _key_differences(have: dict[str, Any], want: dict[str, Any]) -> str:
 
 def pretrain_ddpm(images: torch.Tensor, preset: str, steps: int | None = None, run_dir: str | Path | None = None,
                   seed: int = 0, progress: bool = True, batch_size: int | None = None, crop: int | None = None,
-                  lr: float | None = None, device: torch.device | None = None) -> tuple[nn.Module, list[float]]:
+                  lr: float | None = None, device: torch.device | None = None,
+                  cache_dir: str | Path | None = None) -> tuple[nn.Module, list[float]]:
     """Train the substitute backbone as a DDPM on unlabelled images (epsilon prediction, MSE).
 
     Args:
@@ -90,6 +124,9 @@ def pretrain_ddpm(images: torch.Tensor, preset: str, steps: int | None = None, r
             otherwise a new backbone is trained and written over it atomically (the log says why).
         seed: seeds the crops, time steps and noise.
         device: where to train (default: :func:`~diffseg_core.device.pick_device`).
+        cache_dir: a folder shared between runs (default: the ``DIFFSEG_CACHE`` environment variable; unset: none).
+            A backbone of the same key in ``cache_dir/backbones/<key>.pt`` is reused (and copied into ``run_dir``);
+            a newly trained one is written there too, atomically.
 
     Returns:
         the frozen U-Net (eval mode, no gradients) and the per-step losses.
@@ -109,14 +146,21 @@ def pretrain_ddpm(images: torch.Tensor, preset: str, steps: int | None = None, r
     device = device or pick_device()
     path = Path(run_dir) / BACKBONE_FILE if run_dir is not None else None
     key, key_fields = backbone_cache_key(images, arch, settings, seed)
+    shared_dir = shared_cache_dir(cache_dir)
+    shared = shared_dir / f"{key}.pt" if shared_dir is not None else None
+    for where in (path, shared):
+        ckpt = _cached_backbone(where, key, shared=where == shared) if where is not None else None
+        if ckpt is None:
+            continue
+        unet = build_from_arch(arch, in_channels)
+        unet.load_state_dict(ckpt["state_dict"])
+        if where == shared and path is not None:
+            save_checkpoint(ckpt, path)           # the run folder stays self-contained
+        print(f"backbone: reusing the cached {where} (same images, seed, architecture and DDPM settings; key "
+              f"{key[:12]}; {ckpt['steps']} DDPM steps, final loss {ckpt['losses'][-1]:.4f})")
+        return freeze(unet.to(device)), list(ckpt["losses"])
     if path is not None and path.is_file():
         ckpt = load_checkpoint(path)
-        if isinstance(ckpt, dict) and ckpt.get("cache_key") == key:
-            unet = build_from_arch(arch, in_channels)
-            unet.load_state_dict(ckpt["state_dict"])
-            print(f"backbone: reusing the cached {path} (same images, seed, architecture and DDPM settings; key "
-                  f"{key[:12]}; {ckpt['steps']} DDPM steps, final loss {ckpt['losses'][-1]:.4f})")
-            return freeze(unet.to(device)), list(ckpt["losses"])
         have = ckpt.get("cache_key_fields", {}) if isinstance(ckpt, dict) else {}
         print(f"backbone: not reusing {path}: it was trained for other inputs (differs in: "
               f"{_key_differences(have, key_fields)}); training a new one")
@@ -144,12 +188,14 @@ def pretrain_ddpm(images: torch.Tensor, preset: str, steps: int | None = None, r
         losses.append(float(loss.detach()))
     seconds = time.perf_counter() - t0
     unet = freeze(unet)
-    if path is not None:
-        save_checkpoint({"format": CHECKPOINT_FORMAT, "cache_key": key, "cache_key_fields": key_fields,
-                         "arch": jsonable_arch(arch), "in_channels": in_channels,
-                         "preset": preset, "steps": int(settings["steps"]), "settings": settings, "seed": int(seed),
-                         "losses": losses, "seconds": seconds, "n_images": int(images.shape[0]),
-                         "state_dict": {k: v.cpu() for k, v in unet.state_dict().items()}}, path)
+    payload = {"format": CHECKPOINT_FORMAT, "cache_key": key, "cache_key_fields": key_fields,
+               "arch": jsonable_arch(arch), "in_channels": in_channels,
+               "preset": preset, "steps": int(settings["steps"]), "settings": settings, "seed": int(seed),
+               "losses": losses, "seconds": seconds, "n_images": int(images.shape[0]),
+               "state_dict": {k: v.cpu() for k, v in unet.state_dict().items()}}
+    for where in (path, shared):
+        if where is not None:
+            save_checkpoint(payload, where)
     if progress and losses:
         print(f"backbone: DDPM pre-training {len(losses)} steps in {seconds:.0f} s, loss {losses[0]:.3f} -> "
               f"{sum(losses[-10:]) / len(losses[-10:]):.3f}" + (f"; saved {path}" if path else ""))
