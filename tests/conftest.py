@@ -95,6 +95,17 @@ def smoke_book(tmp_path_factory):
     return out, status
 
 
+def load_benchmark(script: str):
+    """``benchmarks/<script>`` loaded as a module (its ``main(argv)`` then runs in this process: a fresh interpreter
+    would spend most of a tiny-mode test importing torch and MONAI again)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{Path(script).stem}", REPO / "benchmarks" / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def official_facts(name: str) -> dict:
     """``../shared/official/<name>.json`` (names, shapes and save format of an official checkpoint), parsed;
     skips the calling test (with the reason) when the fact files are absent."""

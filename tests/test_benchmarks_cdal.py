@@ -1,17 +1,14 @@
 """The cDAL benchmark scripts run in their tiny mode and print their ratio line (no timing is asserted).
 
-They run in this process (the script loaded as a module, its ``main`` called with the arguments), on the CPU and
-on the worker's one thread: a fresh interpreter would spend most of the test importing torch and MONAI again.
+They run in this process (:func:`conftest.load_benchmark`), on the CPU and on the worker's one thread.
 """
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import load_benchmark
 
 
 @pytest.fixture
@@ -20,9 +17,7 @@ def run_script(capsys, monkeypatch):
     monkeypatch.setenv("DIFFSEG_DEVICE", "cpu")
 
     def run(script: str, *args: str) -> str:
-        spec = importlib.util.spec_from_file_location(f"bench_{Path(script).stem}", REPO / "benchmarks" / script)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = load_benchmark(script)
         capsys.readouterr()
         status = module.main(list(args))
         out = capsys.readouterr().out

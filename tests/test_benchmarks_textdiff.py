@@ -1,18 +1,13 @@
 """The TextDiff benchmark script runs (tiny mode) and reports every figure of its table."""
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "textdiff.py"
+from conftest import load_benchmark
 
 
 def test_benchmark_tiny_mode_runs(capsys):
-    spec = importlib.util.spec_from_file_location("bench_textdiff", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    rows = bench.main(["--tiny"])
+    rows = load_benchmark("textdiff.py").main(["--tiny"])
     out = capsys.readouterr().out
     assert len(rows) == 1 and rows[0]["preset"] == "smoke"
     row = rows[0]

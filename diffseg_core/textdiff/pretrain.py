@@ -85,10 +85,9 @@ def shared_cache_dir(cache_dir: str | Path | None = None) -> Path | None:
     return Path(root) / "backbones" if root else None
 
 
-def _cached_backbone(path: Path, key: str, shared: bool = False) -> dict[str, Any] | None:
-    """The checkpoint at ``path`` when it holds the backbone of ``key``; ``None`` when absent or for other inputs.
-    An unreadable file in the shared folder is a miss (it is said, and a new backbone replaces it); in a run
-    folder it is an error, as for every checkpoint there."""
+def _read_cached(path: Path, shared: bool) -> dict[str, Any] | None:
+    """The checkpoint at ``path``, ``None`` when there is none. An unreadable file in the shared folder is a miss
+    (it is said, and a new backbone replaces it); in a run folder it is an error, as for every checkpoint there."""
     if not path.is_file():
         return None
     try:
@@ -98,7 +97,7 @@ def _cached_backbone(path: Path, key: str, shared: bool = False) -> dict[str, An
             raise
         print(f"backbone: ignoring the shared cache file: {exc}; training a new one")
         return None
-    return ckpt if isinstance(ckpt, dict) and ckpt.get("cache_key") == key else None
+    return ckpt if isinstance(ckpt, dict) else {}
 
 
 def _key_differences(have: dict[str, Any], want: dict[str, Any]) -> str:
@@ -149,8 +148,14 @@ def pretrain_ddpm(images: torch.Tensor, preset: str, steps: int | None = None, r
     shared_dir = shared_cache_dir(cache_dir)
     shared = shared_dir / f"{key}.pt" if shared_dir is not None else None
     for where in (path, shared):
-        ckpt = _cached_backbone(where, key, shared=where == shared) if where is not None else None
+        ckpt = _read_cached(where, shared=where == shared) if where is not None else None
         if ckpt is None:
+            continue
+        if ckpt.get("cache_key") != key:
+            if where == path:
+                print(f"backbone: not reusing {path}: it was trained for other inputs (differs in: "
+                      f"{_key_differences(ckpt.get('cache_key_fields', {}), key_fields)}); "
+                      + ("looking in the shared cache" if shared is not None else "training a new one"))
             continue
         unet = build_from_arch(arch, in_channels)
         unet.load_state_dict(ckpt["state_dict"])
@@ -159,11 +164,6 @@ def pretrain_ddpm(images: torch.Tensor, preset: str, steps: int | None = None, r
         print(f"backbone: reusing the cached {where} (same images, seed, architecture and DDPM settings; key "
               f"{key[:12]}; {ckpt['steps']} DDPM steps, final loss {ckpt['losses'][-1]:.4f})")
         return freeze(unet.to(device)), list(ckpt["losses"])
-    if path is not None and path.is_file():
-        ckpt = load_checkpoint(path)
-        have = ckpt.get("cache_key_fields", {}) if isinstance(ckpt, dict) else {}
-        print(f"backbone: not reusing {path}: it was trained for other inputs (differs in: "
-              f"{_key_differences(have, key_fields)}); training a new one")
 
     gen = torch.Generator().manual_seed(int(seed))
     torch.manual_seed(int(seed))
