@@ -915,8 +915,8 @@ def run_main_job(preset: str = "auto", data_root: str = "", out: str | Path = "_
                            history=history, expected=history.get(preset) or seconds_hint(src, preset),
                            hinted=history.get(preset) is None, alone=runs_alone(src), why=why))
 
-    # Longest first (by the last run at this preset; chapters never timed go first, in book order), on `jobs`
-    # lanes at once; each lane's kernel gets its share of the cores.
+    # Longest first (by the last run at this preset, else the notebook's seconds hint; chapters with neither go
+    # first, in book order), on `jobs` lanes at once; each lane's kernel gets its share of the cores.
     jobs = max(1, min(jobs or auto_jobs(_device_kind()), len(to_run) or 1))
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     manifest.update(jobs=jobs, threads_per_chapter=threads)
